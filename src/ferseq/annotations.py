@@ -1,0 +1,333 @@
+"""Read, validate and normalise the annotation table (one row per segment).
+
+Every row is checked against ``workflow/schemas/annotations.schema.yaml`` and
+against the videos it names. Bad rows are all reported together (row number,
+column, reason) and stop the run, unless ``strict`` is false, in which case they
+are dropped into the dropped-segments table like every other discarded row.
+Row numbers count data rows from 1, so row 1 is the line after a CSV header.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Iterable
+
+import jsonschema
+import pandas as pd
+import yaml
+
+from ferseq import videos
+from ferseq.errors import FerseqError
+from ferseq.outputs import atomic_path
+
+log = logging.getLogger(__name__)
+
+REQUIRED = ("video", "subject", "label", "start_frame", "end_frame")
+_INT = re.compile(r"^[+-]?\d+$")
+
+
+class AnnotationError(FerseqError, ValueError):
+    """The annotation table cannot be used; the message lists every problem."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One reason a row is not used."""
+
+    row: int
+    column: str
+    reason: str
+
+    def __str__(self) -> str:
+        where = f"row {self.row}" + (f", column {self.column}" if self.column else "")
+        return f"{where}: {self.reason}"
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read the annotation CSV or Parquet as it is, every CSV cell as text."""
+    path = Path(path)
+    if not path.is_file():
+        raise AnnotationError(f"{path}: annotation table not found")
+    if path.suffix.lower() == ".parquet":
+        table = pd.read_parquet(path)
+    elif path.suffix.lower() == ".csv":
+        # Text only: numbers are parsed below, so "12.5" or "" is reported, not coerced.
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    else:
+        raise AnnotationError(f"{path}: annotation table must be .csv or .parquet")
+    missing = [c for c in REQUIRED if c not in table.columns]
+    if missing:
+        raise AnnotationError(
+            f"{path}: missing column(s) {', '.join(missing)}; the table needs {', '.join(REQUIRED)} (and may have group)"
+        )
+    return table.reset_index(drop=True)
+
+
+def _record(row: dict[str, Any]) -> dict[str, Any]:
+    """Turn one table row into the JSON record the schema describes."""
+    record: dict[str, Any] = {}
+    for key, value in row.items():
+        if value is None or (isinstance(value, float) and pd.isna(value)):
+            continue
+        if isinstance(value, str):
+            value = value.strip()
+            if value == "":
+                continue
+            if key in ("start_frame", "end_frame") and _INT.match(value):
+                value = int(value)
+        elif hasattr(value, "item"):  # numpy scalar -> Python scalar
+            value = value.item()
+        if key in ("start_frame", "end_frame") and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if key in ("video", "subject", "label", "group") and isinstance(value, (int, float)):
+            value = str(value)
+        record[key] = value
+    return record
+
+
+def _schema_problems(record: dict[str, Any], row: int, validator: jsonschema.Validator) -> list[Problem]:
+    problems = []
+    for error in validator.iter_errors(record):
+        if error.validator == "required":
+            column = re.findall(r"'([^']+)'", error.message)[0]
+            problems.append(Problem(row, column, "missing value"))
+        else:
+            column = str(error.path[0]) if error.path else ""
+            problems.append(Problem(row, column, error.message))
+    return problems
+
+
+def video_id(video: str, videos_dir: str | Path) -> str:
+    """Name of a video in output paths: its path below ``videos_dir``, without the file suffix."""
+    path = PurePosixPath(video)
+    if path.suffix and not (Path(videos_dir) / video).is_dir():
+        path = path.with_suffix("")
+    return path.as_posix()
+
+
+def kept_label(label: str, classes: dict) -> str | None:
+    """The kept class a raw label maps to, or None when it is not kept."""
+    mapped = classes.get("map", {}).get(label, label)
+    return mapped if mapped in classes["names"] else None
+
+
+def load_segments(
+    annotations: str | Path,
+    videos_dir: str | Path,
+    classes: dict,
+    schema: str | Path,
+    min_segment_frames: int = 8,
+    strict: bool = True,
+    count_frames: str = "decode",
+    max_segment_frames: int | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Validate the annotation table and return ``(segments, dropped, videos)``.
+
+    ``segments``: the kept segments (segment_id, row of the annotation table,
+    video, video_id, subject, group, raw_label, label, start, end, frames);
+    segments longer than ``max_segment_frames`` are cut into pieces of at most
+    that length, each its own segment. ``dropped``: every
+    row not kept, with its reason. ``videos``: one probe row per used video.
+    Raises :class:`AnnotationError` listing every bad row when ``strict``.
+    """
+    annotations, videos_dir = Path(annotations), Path(videos_dir)
+    if not videos_dir.is_dir():
+        raise AnnotationError(f"data.videos: {videos_dir} is not a folder")
+    table = read_table(annotations)
+    validator = jsonschema.Draft202012Validator(yaml.safe_load(Path(schema).read_text()))
+
+    records: dict[int, dict[str, Any]] = {}
+    bad: list[Problem] = []
+    for index, row in enumerate(table.to_dict("records")):
+        number = index + 1
+        record = _record(row)
+        problems = _schema_problems(record, number, validator)
+        if not problems and record["end_frame"] <= record["start_frame"]:
+            problems.append(Problem(number, "end_frame", f"end_frame {record['end_frame']} is not after start_frame {record['start_frame']} (frames are half-open)"))
+        if problems:
+            bad.extend(problems)
+        else:
+            records[number] = record
+
+    probes = _probe_videos({r["video"] for r in records.values()}, videos_dir, count_frames)
+    for number, record in list(records.items()):
+        probe = probes[record["video"]]
+        if isinstance(probe, str):
+            bad.append(Problem(number, "video", probe))
+            del records[number]
+        elif record["end_frame"] > probe.frames:
+            bad.append(Problem(number, "end_frame", f"end_frame {record['end_frame']} is past the end of {record['video']} ({probe.frames} frames)"))
+            del records[number]
+    bad.extend(_overlaps(records))
+
+    ids: dict[str, str] = {}
+    for video in {r["video"] for r in records.values()}:
+        vid = video_id(video, videos_dir)
+        if vid in ids:
+            raise AnnotationError(f"{annotations}: videos {ids[vid]!r} and {video!r} would share the output name {vid!r}; rename one")
+        ids[vid] = video
+
+    if bad and strict:
+        bad.sort(key=lambda p: p.row)
+        lines = "\n".join(f"  {p}" for p in bad)
+        raise AnnotationError(
+            f"{annotations}: {len({p.row for p in bad})} bad row(s) (rows count from 1 after the header):\n{lines}\n"
+            "Fix them, or set data.strict: false to drop them into results/data/dropped_segments.csv."
+        )
+    bad_rows = {p.row for p in bad}
+    dropped = [
+        {"row": p.row, "video": table.at[p.row - 1, "video"], "label": table.at[p.row - 1, "label"], "reason": f"bad row: {p.column}: {p.reason}"}
+        for p in bad
+    ]
+    kept = []
+    for number, record in records.items():
+        if number in bad_rows:
+            continue
+        label = kept_label(record["label"], classes)
+        length = record["end_frame"] - record["start_frame"]
+        reason = None
+        if label is None:
+            reason = f"label {record['label']!r} is not a kept class"
+        elif length < min_segment_frames:
+            reason = f"shorter than min_segment_frames ({length} < {min_segment_frames})"
+        if reason:
+            dropped.append({"row": number, "video": record["video"], "label": record["label"], "reason": reason})
+            continue
+        for start, end in pieces(record["start_frame"], record["end_frame"], max_segment_frames):
+            kept.append({
+                "segment_id": len(kept) + 1,
+                "row": number,
+                "video": record["video"],
+                "video_id": video_id(record["video"], videos_dir),
+                "subject": record["subject"],
+                "group": record.get("group"),
+                "raw_label": record["label"],
+                "label": label,
+                "start": start,
+                "end": end,
+                "frames": end - start,
+            })
+    if not kept:
+        raise AnnotationError(f"{annotations}: no segment is left to use (classes.names: {classes['names']}); see the dropped reasons:\n"
+                              + "\n".join(f"  row {d['row']}: {d['reason']}" for d in dropped[:20]))
+    segments = pd.DataFrame(kept).astype({"segment_id": "int64", "row": "int64", "start": "int64", "end": "int64", "frames": "int64"})
+    used = segments["video"].unique()
+    video_table = pd.DataFrame([
+        {"video": v, "video_id": video_id(v, videos_dir), "path": probes[v].path, "frames": probes[v].frames,
+         "fps": probes[v].fps, "width": probes[v].width, "height": probes[v].height}
+        for v in sorted(used)
+    ])
+    dropped_table = pd.DataFrame(dropped, columns=["row", "video", "label", "reason"]).sort_values("row", kind="stable")
+    return segments, dropped_table, video_table
+
+
+def pieces(start: int, end: int, max_frames: int | None) -> list[tuple[int, int]]:
+    """Cut ``[start, end)`` into near-equal consecutive pieces of at most ``max_frames`` frames."""
+    if not max_frames or end - start <= max_frames:
+        return [(start, end)]
+    n = -(-(end - start) // max_frames)
+    bounds = [start + round(i * (end - start) / n) for i in range(n + 1)]
+    return list(zip(bounds, bounds[1:]))
+
+
+def _probe_videos(names: Iterable[str], videos_dir: Path, count: str) -> dict[str, videos.VideoInfo | str]:
+    """Probe each video once; a video that fails maps to the reason."""
+
+    def probe(name: str) -> videos.VideoInfo | str:
+        try:
+            return videos.probe(videos_dir / name, count=count)
+        except videos.VideoError as err:
+            return str(err)
+
+    names = sorted(names)
+    # OpenCV decoding releases the GIL, so threads probe videos in parallel.
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return dict(zip(names, pool.map(probe, names)))
+
+
+def _overlaps(records: dict[int, dict[str, Any]]) -> list[Problem]:
+    """Segments of one video that share frames: each such row is a problem."""
+    problems = []
+    by_video: dict[str, list[tuple[int, int, int]]] = {}
+    for number, r in records.items():
+        by_video.setdefault(r["video"], []).append((r["start_frame"], r["end_frame"], number))
+    for spans in by_video.values():
+        spans.sort()
+        for (s0, e0, n0), (s1, e1, n1) in zip(spans, spans[1:]):
+            if s1 < e0:
+                problems.append(Problem(n1, "start_frame", f"frames {s1}-{e1} overlap row {n0} (frames {s0}-{e0}) of the same video"))
+    return problems
+
+
+def class_counts(segments: pd.DataFrame, dropped: pd.DataFrame, classes: dict) -> pd.DataFrame:
+    """Per kept class: segments and frames kept, and segments dropped as too short."""
+    short = dropped[dropped["reason"].str.startswith("shorter than")].copy()
+    short["class"] = [kept_label(str(label), classes) for label in short["label"]]
+    rows = []
+    for name in classes["names"]:
+        mine = segments[segments["label"] == name]
+        rows.append({
+            "class": name,
+            "segments": len(mine),
+            "frames": int(mine["frames"].sum()),
+            "subjects": mine["subject"].nunique(),
+            "dropped_short": int((short["class"] == name).sum()),
+        })
+    return pd.DataFrame(rows)
+
+
+def planned_videos(annotations: str | Path, videos_dir: str | Path, classes: dict, min_segment_frames: int = 8) -> dict[str, str]:
+    """``video_id -> video`` for the rows that can yield a kept segment, without probing.
+
+    Used when the DAG is built: it must be cheap. Rows that turn out bad are
+    caught by the data stage, which every later job depends on.
+    """
+    table = read_table(annotations)
+    planned: dict[str, str] = {}
+    for row in table.to_dict("records"):
+        record = _record(row)
+        try:
+            length = int(record["end_frame"]) - int(record["start_frame"])
+            label = kept_label(str(record["label"]), classes)
+            video = str(record["video"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if label is not None and length >= min_segment_frames:
+            planned[video_id(video, videos_dir)] = video
+    return dict(sorted(planned.items()))
+
+
+def write_segments(
+    annotations: str | Path,
+    videos_dir: str | Path,
+    classes: dict,
+    schema: str | Path,
+    out_segments: str | Path,
+    out_videos: str | Path,
+    out_dropped: str | Path,
+    out_counts: str | Path,
+    min_segment_frames: int = 8,
+    strict: bool = True,
+    count_frames: str = "decode",
+    max_segment_frames: int | None = None,
+) -> pd.DataFrame:
+    """The data stage: validate the annotations and write the four tables (all or none)."""
+    segments, dropped, video_table = load_segments(
+        annotations, videos_dir, classes, schema, min_segment_frames, strict, count_frames, max_segment_frames
+    )
+    counts = class_counts(segments, dropped, classes)
+    log.info("%d segments kept from %d videos, %d rows dropped", len(segments), len(video_table), len(dropped))
+    for reason, n in dropped["reason"].str.replace(r"\(.*\)|'.*'", "", regex=True).value_counts().items():
+        log.info("dropped %d: %s", n, reason.strip())
+    log.info("per class:\n%s", counts.to_string(index=False))
+    with atomic_path(out_segments) as seg_tmp, atomic_path(out_videos) as vid_tmp, \
+            atomic_path(out_dropped) as drop_tmp, atomic_path(out_counts) as count_tmp:
+        segments.to_parquet(seg_tmp, index=False)
+        video_table.to_parquet(vid_tmp, index=False)
+        dropped.to_csv(drop_tmp, index=False)
+        counts.to_csv(count_tmp, index=False)
+    return segments

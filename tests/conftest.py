@@ -1,0 +1,49 @@
+"""Shared paths and helpers for the tests: the real demo clips and fixtures."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "data" / "demo"
+# ../shared/data beside the checkout holds the fixture clips (a face that leaves, no face, several faces).
+SHARED_DATA = REPO.parent / "shared" / "data"
+FIXTURES = SHARED_DATA / "fixtures"
+SCHEMAS = REPO / "workflow" / "schemas"
+CLASSES = {"names": ["neutral", "happy", "sad", "pensive"], "map": {}}
+
+
+@pytest.fixture
+def demo_annotations():
+    return DEMO / "annotations.csv"
+
+
+def run_snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run the real Snakemake CLI on the repository's Snakefile in ``workdir``."""
+    env = dict(os.environ)
+    # Rules run scripts with the interpreter on PATH: make it this one.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def write_config(path: Path, **overrides) -> Path:
+    """A config for a test run: the demo config with absolute data paths and ``overrides`` merged in."""
+    import yaml
+
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["data"]["videos"] = str(DEMO / "videos")
+    config["data"]["annotations"] = str(DEMO / "annotations.csv")
+    for key, value in overrides.items():
+        section, _, name = key.partition("__")
+        if name:
+            config.setdefault(section, {})[name] = value
+        else:
+            config[section] = value
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path

@@ -1,0 +1,15 @@
+"""Rule splits: assign each unit (subject, video or segment) to train/val/test per fold."""
+from ferseq import logs, splits
+
+with logs.step(snakemake.log[0]):
+    split = snakemake.params.split
+    splits.write_splits(
+        snakemake.input.segments,
+        snakemake.output.splits,
+        snakemake.output.summary,
+        unit=split["unit"],
+        scheme=split["scheme"],
+        fractions=split["fractions"],
+        k=split["k"],
+        seed=snakemake.params.seed,
+    )
