@@ -12,8 +12,8 @@ install: $(VENV)/.installed
 # pip resolves torch and torchvision together (CUDA build, ~6 GB, runs on CPU).
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,slurm]'
+	$(BIN)/python -m pip install -qq --upgrade pip
+	$(BIN)/python -m pip install -qq -e '.[dev,slurm]'
 	touch $@
 
 demo: install

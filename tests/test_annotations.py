@@ -155,5 +155,9 @@ def test_failed_data_stage_writes_nothing(tmp_path, videos):
 
 def test_planned_videos_needs_no_probe(tmp_path):
     table = tmp_path / "annotations.csv"
-    table.write_text(HEADER + "a/clip1.mp4,s1,happy,0,20\nb.mov,s2,sad,0,4\nc.mp4,s3,angry,0,40\nbad row,,,x,\n")
+    table.write_text(HEADER + "a/clip1.mp4,s1,happy,0,20\nb.mov,s2,sad,0,4\nc.mp4,s3,angry,0,40\nbad row,,,x,\n"
+                     "gone.mp4,s4,happy,0,20\n")
+    for name in ("a/clip1.mp4", "b.mov", "c.mp4"):  # empty files: nothing is probed
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).touch()
     assert annotations.planned_videos(table, tmp_path, CLASSES) == {"a/clip1": "a/clip1.mp4"}

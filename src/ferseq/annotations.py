@@ -283,7 +283,9 @@ def class_counts(segments: pd.DataFrame, dropped: pd.DataFrame, classes: dict) -
 def planned_videos(annotations: str | Path, videos_dir: str | Path, classes: dict, min_segment_frames: int = 8) -> dict[str, str]:
     """``video_id -> video`` for the rows that can yield a kept segment, without probing.
 
-    Used when the DAG is built: it must be cheap. Rows that turn out bad are
+    Used when the DAG is built: it must be cheap (one stat per video). Videos
+    that do not exist are left out here, so the data stage reports their rows
+    instead of Snakemake stopping on a missing input; rows that turn out bad are
     caught by the data stage, which every later job depends on.
     """
     table = read_table(annotations)
@@ -296,7 +298,7 @@ def planned_videos(annotations: str | Path, videos_dir: str | Path, classes: dic
             video = str(record["video"])
         except (KeyError, TypeError, ValueError):
             continue
-        if label is not None and length >= min_segment_frames:
+        if label is not None and length >= min_segment_frames and (Path(videos_dir) / video).exists():
             planned[video_id(video, videos_dir)] = video
     return dict(sorted(planned.items()))
 
