@@ -9,11 +9,12 @@ import yaml
 from conftest import DEMO, REPO, run_snakemake, write_config
 
 DATA_OUTPUTS = ["results/data/segments.parquet", "results/data/splits.parquet", "results/data/split_summary.csv"]
+FACE_OUTPUTS = ["results/faces/qc.csv"]
 
 
-def test_demo_dag_runs_to_the_data_outputs_and_then_has_nothing_to_do(tmp_path):
+def test_demo_dag_runs_to_the_face_crops_and_then_has_nothing_to_do(tmp_path):
     config = write_config(tmp_path / "config.yaml")
-    done = run_snakemake(tmp_path, "--configfile", str(config), "--cores", "2", *DATA_OUTPUTS)
+    done = run_snakemake(tmp_path, "--configfile", str(config), "--cores", "2", *DATA_OUTPUTS, *FACE_OUTPUTS)
     assert done.returncode == 0, done.stderr[-3000:]
     segments = pd.read_parquet(tmp_path / "results/data/segments.parquet")
     splits = pd.read_parquet(tmp_path / "results/data/splits.parquet")
@@ -26,8 +27,16 @@ def test_demo_dag_runs_to_the_data_outputs_and_then_has_nothing_to_do(tmp_path):
     assert pq.read_schema(tmp_path / "results/data/splits.parquet").metadata[b"ferseq.identity_leak"] == b"true"
     assert "identity leaks" in (tmp_path / "results/logs/data/splits.log").read_text()
     assert (tmp_path / "results/benchmarks/data/segments.tsv").is_file()
+    # One faces job per video: a row for every annotated frame, faces in (nearly) all of them.
+    qc = pd.read_csv(tmp_path / "results/faces/qc.csv")
+    videos = qc[qc["label"] == "all"].set_index("video")
+    assert videos["frames"].to_dict() == {"man_after_title": 65, "man_neutral_to_happy": 68, "woman_sad_to_happy": 466}
+    assert (videos["detection_rate"] > 0.95).all()
+    for video, frames in videos["frames"].items():
+        faces = pd.read_parquet(tmp_path / f"results/faces/{video}.parquet", columns=["frame", "face_found"])
+        assert len(faces) == frames and faces["frame"].is_monotonic_increasing
 
-    again = run_snakemake(tmp_path, "--configfile", str(config), "--cores", "2", "-n", *DATA_OUTPUTS)
+    again = run_snakemake(tmp_path, "--configfile", str(config), "--cores", "2", "-n", *DATA_OUTPUTS, *FACE_OUTPUTS)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
 
 

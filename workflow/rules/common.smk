@@ -6,6 +6,7 @@ from snakemake.utils import validate
 
 import ferseq.config
 from ferseq.annotations import planned_videos
+from ferseq.grid import grid
 
 
 SCHEMAS = Path(workflow.basedir) / "workflow" / "schemas"
@@ -24,6 +25,13 @@ VIDEOS = planned_videos(
     config["data"]["min_segment_frames"],
 )
 FOLDS = list(range(config["split"]["k"] if config["split"]["scheme"] == "kfold" else 1))
+GRID = grid(config["sequence_model"])
+EVAL_METHODS = ["per_frame", "aggregation", "cnn_lstm"]
+
+
+def video_path(video_id):
+    """The file (or image folder) of a planned video."""
+    return Path(config["data"]["videos"]) / VIDEOS[video_id]
 
 
 def final_outputs():
@@ -32,4 +40,13 @@ def final_outputs():
         "results/data/segments.parquet",
         "results/data/splits.parquet",
         "results/data/split_summary.csv",
+        "results/faces/qc.csv",
     ]
+
+
+wildcard_constraints:
+    fold=r"\d+",
+    arch="|".join(config["sequence_model"]["architectures"]),
+    lr=r"[0-9.e+-]+",
+    hidden=r"\d+",
+    dropout=r"[0-9.]+",

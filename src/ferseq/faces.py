@@ -1,0 +1,309 @@
+"""Faces stage: one video -> the aligned face crop of every frame inside its kept segments.
+
+:func:`extract_faces` decodes the video once, front to back, and streams:
+for each wanted frame it finds the face (:class:`~ferseq.landmarks.FaceTracker`:
+detect, then follow by landmarks), warps it to the canonical crop
+(:mod:`ferseq.alignment`) and appends a row to the Parquet file, written in row
+groups so that memory does not grow with the length of the video.
+
+Output ``results/faces/{video}.parquet``, one row per frame inside a kept
+segment, in frame order:
+
+=========== ================================ =====================================
+column      type                             meaning
+=========== ================================ =====================================
+segment_id  int64                            the kept segment the frame belongs to
+frame       int32                            0-based frame number in the video
+face_found  bool
+tracked     bool                             face followed from the previous frame, not detected
+det_score   float32                          detector score (of the detection a tracked face
+                                             comes from); NaN without a face
+bbox        list<float32> (4 long)           x0, y0, x1, y1, original-frame pixels; null without a face
+landmarks   list<float32> (136 long)         68 points x0, y0, x1, y1, ... (reshape to 68x2),
+                                             original-frame pixels; null without a face
+crop        binary                           encoded JPEG/PNG, crop_size x crop_size; null without a face
+=========== ================================ =====================================
+
+The schema metadata (key ``ferseq.faces``, JSON) records crop size and format,
+detector and the template positions of eyes and mouth. A QC CSV gives, per
+segment and for the whole video, frames, faces found and detection rate.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import cv2
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ferseq import alignment
+from ferseq.detection import central_face, make_detector, model_path
+from ferseq.errors import FerseqError
+from ferseq.landmarks import Face, FaceTracker, LandmarkModel, load_landmark_model
+from ferseq.outputs import atomic_path
+from ferseq.videos import VideoError, iter_frames
+
+log = logging.getLogger(__name__)
+
+ROWS_PER_GROUP = 256  # about 5 MB of 224 px JPEG crops per Parquet row group
+LOG_EVERY = 1000  # frames between progress lines
+
+METADATA_KEY = b"ferseq.faces"
+
+# The ``faces`` defaults of workflow/schemas/config.schema.yaml (a test keeps them equal), so that
+# a partial config works outside Snakemake too.
+DEFAULTS: dict[str, Any] = {
+    "detector": "hog", "dnn_model": None, "dnn_prototxt": None, "mmod_model": None, "landmarks_model": None,
+    "confidence": 0.5, "dlib_threshold": 0.0, "detect_every": 10, "detect_scale": 0.5, "crop_size": 224,
+    "crop_format": "jpg", "jpeg_quality": 95, "missing_face": "repeat", "skip_faceless_videos": False,
+}
+
+
+class NoFaceError(FerseqError, RuntimeError):
+    """A video in which no frame of any kept segment shows a face."""
+
+
+def parquet_schema(cfg: dict[str, Any]) -> pa.Schema:
+    """The schema of a faces Parquet file, with a note on its contents in the metadata."""
+    size = int(cfg["crop_size"])
+    note = {
+        "crop_size": size,
+        "crop_format": cfg["crop_format"],
+        "jpeg_quality": int(cfg["jpeg_quality"]) if cfg["crop_format"] == "jpg" else None,
+        "detector": cfg["detector"],
+        "detect_every": int(cfg["detect_every"]),
+        "detect_scale": float(cfg["detect_scale"]),
+        "template_pixels": {name: [x * size, y * size] for name, (x, y) in alignment.TEMPLATE.items()},
+        "template_note": "left/right as seen in the image; eye centres = mean of landmarks 36-41 and 42-47, "
+                         "mouth = midpoint of corners 48 and 54",
+        "bbox": "x0, y0, x1, y1 in original-frame pixels",
+        "landmarks": "dlib 68 points, flattened x0, y0, x1, y1, ...; reshape(68, 2); original-frame pixels",
+    }
+    fields = [
+        pa.field("segment_id", pa.int64(), nullable=False),
+        pa.field("frame", pa.int32(), nullable=False),
+        pa.field("face_found", pa.bool_(), nullable=False),
+        pa.field("tracked", pa.bool_(), nullable=False),
+        pa.field("det_score", pa.float32()),
+        # Variable-size lists, though always 4 and 136 long: pyarrow (up to 25 at least) writes
+        # null fixed-size lists to Parquet but cannot read them back (apache/arrow#35692).
+        pa.field("bbox", pa.list_(pa.float32())),
+        pa.field("landmarks", pa.list_(pa.float32())),
+        pa.field("crop", pa.binary()),
+    ]
+    return pa.schema(fields, metadata={METADATA_KEY: json.dumps(note).encode()})
+
+
+def landmark_model(cfg: dict[str, Any]) -> LandmarkModel:
+    """The 68-point predictor of ``faces.landmarks_model`` (loaded once per process)."""
+    return load_landmark_model(model_path(cfg, "landmarks_model", "shape_predictor_68_face_landmarks.dat"))
+
+
+def make_tracker(cfg: dict[str, Any]) -> FaceTracker:
+    """A :class:`FaceTracker` configured by the ``faces`` config."""
+    cfg = {**DEFAULTS, **cfg}
+    return FaceTracker(make_detector(cfg), landmark_model(cfg), int(cfg["detect_every"]))
+
+
+def find_face(image: np.ndarray, cfg: dict[str, Any]) -> Face | None:
+    """The central face of one BGR image (full detection, then landmarks), or None."""
+    cfg = {**DEFAULTS, **cfg}
+    found = central_face(make_detector(cfg)(image), image.shape[1], image.shape[0])
+    if found is None:
+        return None
+    gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    return Face(found.box, found.score, landmark_model(cfg)(gray, found.box), tracked=False)
+
+
+def _segment_ranges(segments: pd.DataFrame, video: Path) -> list[tuple[int, int, int, str]]:
+    """(start, end, segment_id, label) sorted by start; overlapping segments are an error."""
+    ranges = sorted((int(r.start), int(r.end), int(r.segment_id), str(r.label)) for r in segments.itertuples())
+    if not ranges:
+        raise ValueError(f"{video}: no segments given, so no frame to process")
+    for (s0, e0, id0, _), (s1, e1, id1, _) in zip(ranges, ranges[1:]):
+        if s1 < e0:
+            raise ValueError(f"{video}: segments {id0} (frames {s0}-{e0}) and {id1} (frames {s1}-{e1}) overlap")
+    return ranges
+
+
+class _RowGroup:
+    """Rows collected for one Parquet row group."""
+
+    def __init__(self) -> None:
+        self.segment_id: list[int] = []
+        self.frame: list[int] = []
+        self.faces: list[Face | None] = []
+        self.crops: list[bytes | None] = []
+
+    def add(self, segment_id: int, frame: int, face: Face | None, crop: bytes | None) -> None:
+        self.segment_id.append(segment_id)
+        self.frame.append(frame)
+        self.faces.append(face)
+        self.crops.append(crop)
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def table(self, schema: pa.Schema) -> pa.Table:
+        faces = [f for f in self.faces if f is not None]
+        found = np.array([f is not None for f in self.faces], bool)
+        columns = [
+            pa.array(self.segment_id, pa.int64()),
+            pa.array(self.frame, pa.int32()),
+            pa.array(found),
+            pa.array([f is not None and f.tracked for f in self.faces]),
+            pa.array(np.array([f.score if f else math.nan for f in self.faces], np.float32)),
+            _lists([np.asarray(f.box, np.float32) for f in faces], found),
+            _lists([f.landmarks.reshape(-1) for f in faces], found),
+            pa.array(self.crops, pa.binary()),
+        ]
+        return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _lists(values: list[np.ndarray], found: np.ndarray) -> pa.ListArray:
+    """A list<float32> column, null where not ``found``; ``values`` holds the found rows' arrays in order."""
+    lengths = np.zeros(len(found), np.int32)
+    lengths[found] = [len(v) for v in values]
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    flat = np.concatenate(values).astype(np.float32) if values else np.zeros(0, np.float32)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat), mask=pa.array(~found))
+
+
+def _qc_table(name: str, ranges: list[tuple[int, int, int, str]], counts: dict[int, list[int]],
+              seconds: float, detections: int) -> pd.DataFrame:
+    """One row per segment and a last row (segment_id empty, label ``all``) for the whole video."""
+    rows = [{"video": name, "segment_id": sid, "label": label, "start": start, "end": end,
+             "frames": counts[sid][0], "faces_found": counts[sid][1]} for start, end, sid, label in ranges]
+    frames = sum(r["frames"] for r in rows)
+    rows.append({"video": name, "segment_id": None, "label": "all", "start": min((r[0] for r in ranges), default=0),
+                 "end": max((r[1] for r in ranges), default=0), "frames": frames, "faces_found": sum(r["faces_found"] for r in rows),
+                 "full_detections": detections, "seconds_per_frame": round(seconds / max(frames, 1), 6),
+                 "frames_per_second": round(frames / seconds, 1) if seconds > 0 else math.nan})
+    qc = pd.DataFrame(rows, columns=["video", "segment_id", "label", "start", "end", "frames", "faces_found",
+                                     "detection_rate", "full_detections", "seconds_per_frame", "frames_per_second"])
+    qc["detection_rate"] = (qc["faces_found"] / qc["frames"].where(qc["frames"] > 0)).round(4)
+    return qc.astype({"segment_id": "Int64", "full_detections": "Int64"})
+
+
+def _wanted(ranges: list[tuple[int, int, int, str]]) -> Iterator[tuple[int, int]]:
+    """(frame, segment_id) of every frame inside the segments, in frame order."""
+    for start, end, segment_id, _ in ranges:
+        for frame in range(start, end):
+            yield frame, segment_id
+
+
+def extract_faces(video_path: str | Path, segments: pd.DataFrame, cfg: dict[str, Any],
+                  out_parquet: str | Path, out_qc: str | Path, *, name: str | None = None) -> pd.DataFrame:
+    """Write the aligned faces of every frame inside ``segments`` of one video; return the QC table.
+
+    ``segments``: this video's kept segments (segment_id, label, start, end,
+    end exclusive). ``cfg``: the ``faces`` config with defaults filled in.
+    ``name``: the video in the QC table and messages (default: the file name).
+    The QC table (also written to ``out_qc`` as CSV) has one row per segment
+    (video, segment_id, label, start, end, frames, faces_found,
+    detection_rate) and a last row for the whole video (segment_id empty,
+    label ``all``) that adds full_detections, seconds_per_frame and
+    frames_per_second. A segment without any face is logged as a warning.
+    Raises :class:`NoFaceError` when no frame has a face, unless
+    ``cfg["skip_faceless_videos"]``; no output is left behind on any error.
+    """
+    video_path = Path(video_path)
+    name = name or video_path.name
+    cfg = {**DEFAULTS, **cfg}
+    ranges = _segment_ranges(segments, video_path)
+    total = sum(end - start for start, end, _, _ in ranges)
+    size, fmt, quality = int(cfg["crop_size"]), cfg["crop_format"], int(cfg["jpeg_quality"])
+    tracker = make_tracker(cfg)
+    schema = parquet_schema(cfg)
+    counts = {sid: [0, 0] for _, _, sid, _ in ranges}  # segment_id -> [frames, faces found]
+    log.info("%s: %d frames in %d segments, detector %s", name, total, len(ranges), cfg["detector"])
+
+    started = time.perf_counter()
+    with atomic_path(out_parquet) as tmp_parquet, atomic_path(out_qc) as tmp_qc:
+        with pq.ParquetWriter(tmp_parquet, schema) as writer:
+            group, wanted, done = _RowGroup(), _wanted(ranges), 0
+            frames = (frame for frame, _ in _wanted(ranges))
+            for index, image in iter_frames(video_path, frames):
+                frame, segment_id = next(wanted)  # iter_frames yields the wanted frames in order ...
+                assert frame == index, (frame, index)  # ... and stops early only at the end of the video
+                face = tracker.update(image, index)
+                crop = None
+                if face is not None:
+                    crop = alignment.encode(alignment.align(image, face.landmarks, size), fmt, quality)
+                group.add(segment_id, index, face, crop)
+                counts[segment_id][0] += 1
+                counts[segment_id][1] += face is not None
+                done += 1
+                if len(group) == ROWS_PER_GROUP:
+                    writer.write_table(group.table(schema))
+                    group = _RowGroup()
+                if done % LOG_EVERY == 0:
+                    fps = done / (time.perf_counter() - started)
+                    log.info("%s: %d/%d frames, %.0f frames/s", name, done, total, fps)
+            if len(group):
+                writer.write_table(group.table(schema))
+        missing = next(wanted, None)
+        if missing is not None:
+            raise VideoError(f"{video_path}: decoding stopped before frame {missing[0]} of segment {missing[1]} "
+                             f"({total - done} wanted frames missing); does the annotation end past the video's end?")
+        seconds = time.perf_counter() - started
+        qc = _qc_table(name, ranges, counts, seconds, tracker.detections)
+        _check_found(video_path, name, qc, cfg)
+        qc.to_csv(tmp_qc, index=False)
+
+    video = qc.iloc[-1]
+    log.info("%s: %d frames, faces in %d (%.1f%%), %d full detections, %.1f s, %.0f frames/s", name, video["frames"],
+             video["faces_found"], 100 * video["detection_rate"], video["full_detections"], seconds,
+             video["frames_per_second"])
+    return qc
+
+
+def _check_found(video_path: Path, name: str, qc: pd.DataFrame, cfg: dict[str, Any]) -> None:
+    """Warn about each segment without a face; fail on a video without any (unless configured to skip it)."""
+    segments, video = qc.iloc[:-1], qc.iloc[-1]
+    if video["faces_found"] == 0:
+        message = (f"{video_path}: no face found in any of its {video['frames']} frames inside kept segments "
+                   f"(detector {cfg['detector']})")
+        if not cfg.get("skip_faceless_videos", False):
+            raise NoFaceError(message + "; set faces.skip_faceless_videos: true to keep it with face_found=false rows")
+        log.warning("%s; kept with face_found=false rows (faces.skip_faceless_videos)", message)
+        return
+    for row in segments[segments["faces_found"] == 0].itertuples():
+        log.warning("%s: segment %s (%s, frames %d-%d) has no face in any frame", name, row.segment_id, row.label,
+                    row.start, row.end)
+
+
+def run_video(video_path: str | Path, video_id: str, segments_path: str | Path, cfg: dict[str, Any],
+              out_parquet: str | Path, out_qc: str | Path) -> pd.DataFrame:
+    """The Snakemake job of one video: its kept segments from the data stage's table, then :func:`extract_faces`.
+
+    One job uses one core (OpenCV's thread pool off); videos run in parallel instead.
+    """
+    cv2.setNumThreads(1)
+    segments = pd.read_parquet(segments_path)
+    mine = segments[segments["video_id"] == video_id]
+    if mine.empty:
+        # Possible with data.strict: false, when every row of the video was dropped: later stages skip it.
+        log.warning("%s: no kept segment (all its annotation rows were dropped); writing empty outputs", video_id)
+        with atomic_path(out_parquet) as tmp_parquet, atomic_path(out_qc) as tmp_qc:
+            pq.write_table(parquet_schema({**DEFAULTS, **cfg}).empty_table(), tmp_parquet)
+            _qc_table(video_id, [], {}, 0.0, 0).iloc[:0].to_csv(tmp_qc, index=False)
+        return pd.read_csv(out_qc)
+    return extract_faces(video_path, mine, cfg, out_parquet, out_qc, name=video_id)
+
+
+def merge_qc(qc_files: list[str | Path], out_csv: str | Path) -> pd.DataFrame:
+    """The per-video QC tables of :func:`extract_faces` in one CSV, video after video."""
+    tables = [pd.read_csv(path, dtype={"video": str, "label": str}) for path in qc_files]
+    merged = pd.concat(tables, ignore_index=True).astype({"segment_id": "Int64", "full_detections": "Int64"})
+    with atomic_path(out_csv) as tmp:
+        merged.to_csv(tmp, index=False)
+    return merged
