@@ -5,18 +5,33 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config.yaml"
+# The demo config, unless `--configfile` names one: that one then stands alone on the
+# schema's defaults instead of being merged into the demo's settings.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
 
 
 report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
+
+
+if config["data"].get("import"):
+
+    include: "workflow/rules/importers.smk"
+
+
 include: "workflow/rules/data.smk"
 include: "workflow/rules/faces.smk"
 
 
+localrules:
+    all,
+
+
 rule all:
     input:
-        final_outputs(),
+        final_outputs,
     default_target: True

@@ -39,7 +39,7 @@ def check(config: dict[str, Any]) -> None:
     data = config["data"]
     if not Path(data["videos"]).is_dir():
         problems.append(f"data.videos: {data['videos']!r} is not a folder")
-    if not Path(data["annotations"]).is_file():
+    if not data.get("import") and not Path(data["annotations"]).is_file():
         problems.append(f"data.annotations: {data['annotations']!r} does not exist")
 
     split = config.get("split", {})

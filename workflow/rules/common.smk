@@ -16,14 +16,30 @@ try:
 except WorkflowError:
     raise WorkflowError(ferseq.config.explain(config, SCHEMAS / "config.schema.yaml")) from None
 ferseq.config.check(config)
-# Built from the annotation table without probing any video, so the DAG stays
-# cheap to construct; the data stage validates every row before any job uses it.
-VIDEOS = planned_videos(
-    config["data"]["annotations"],
-    config["data"]["videos"],
-    config["classes"],
-    config["data"]["min_segment_frames"],
-)
+_VIDEOS = {}
+
+
+def videos():
+    """``video_id -> video`` of the planned videos, read from the annotation table once.
+
+    Built without probing any video, so the DAG stays cheap to construct; the
+    data stage validates every row before any job uses it. With ``data.import``
+    the table is itself a DAG output (checkpoint import_annotations).
+    """
+    if not _VIDEOS:
+        if config["data"].get("import"):
+            checkpoints.import_annotations.get()
+        _VIDEOS.update(
+            planned_videos(
+                config["data"]["annotations"],
+                config["data"]["videos"],
+                config["classes"],
+                config["data"]["min_segment_frames"],
+            )
+        )
+    return _VIDEOS
+
+
 FOLDS = list(range(config["split"]["k"] if config["split"]["scheme"] == "kfold" else 1))
 GRID = grid(config["sequence_model"])
 EVAL_METHODS = ["per_frame", "aggregation", "cnn_lstm"]
@@ -31,10 +47,10 @@ EVAL_METHODS = ["per_frame", "aggregation", "cnn_lstm"]
 
 def video_path(video_id):
     """The file (or image folder) of a planned video."""
-    return Path(config["data"]["videos"]) / VIDEOS[video_id]
+    return Path(config["data"]["videos"]) / videos()[video_id]
 
 
-def final_outputs():
+def final_outputs(wildcards):
     """The targets of the whole workflow; each stage adds its final outputs."""
     return [
         "results/data/segments.parquet",

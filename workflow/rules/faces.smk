@@ -24,7 +24,7 @@ rule faces:
 
 rule faces_qc:
     input:
-        expand("results/faces/{video}.qc.csv", video=VIDEOS),
+        lambda w: expand("results/faces/{video}.qc.csv", video=videos()),
     output:
         report(
             "results/faces/qc.csv",
