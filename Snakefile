@@ -25,6 +25,11 @@ if config["data"].get("import"):
 
 include: "workflow/rules/data.smk"
 include: "workflow/rules/faces.smk"
+include: "workflow/rules/frame_model.smk"
+include: "workflow/rules/features.smk"
+include: "workflow/rules/sequences.smk"
+include: "workflow/rules/sequence_model.smk"
+include: "workflow/rules/evaluate.smk"
 
 
 localrules:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+
+import mlflow
 import pandas as pd
 import pyarrow.parquet as pq
 import yaml
@@ -9,35 +12,66 @@ import yaml
 from conftest import DEMO, REPO, run_snakemake, write_config
 
 DATA_OUTPUTS = ["results/data/segments.parquet", "results/data/splits.parquet", "results/data/split_summary.csv"]
-FACE_OUTPUTS = ["results/faces/qc.csv"]
+# Small settings: the whole DAG, raw videos to summary, in about a minute on 2 cores.
+SMALL = {
+    "frame_model": {"backbone": "legacy_xception", "pretrained": False, "input_size": 64, "epochs": 2, "patience": 2,
+                    "frame_stride": 3, "batch_size": 16, "lr": 0.001, "num_workers": 1},
+    "sequence_model": {"architectures": ["lstm", "bilstm"], "lr": [0.01], "hidden": [16], "dropout": [0.5],
+                       "epochs": 30, "patience": 5},
+}
 
 
-def test_demo_dag_runs_to_the_face_crops_and_then_has_nothing_to_do(tmp_path):
-    config = write_config(tmp_path / "config.yaml")
-    done = run_snakemake(tmp_path, "--configfile", str(config), "--cores", "2", *DATA_OUTPUTS, *FACE_OUTPUTS)
-    assert done.returncode == 0, done.stderr[-3000:]
-    segments = pd.read_parquet(tmp_path / "results/data/segments.parquet")
-    splits = pd.read_parquet(tmp_path / "results/data/splits.parquet")
-    # The demo config cuts segments to <= 48 frames and splits by segment, so every split has every class.
+def test_demo_dag_from_raw_videos_to_summary_then_nothing_to_do(tmp_path):
+    config = write_config(tmp_path / "config.yaml", **SMALL)
+    done = run_snakemake(tmp_path, "--configfile", str(config), "--cores", "2")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = tmp_path / "results"
+
+    # data: the demo config cuts segments to <= 48 frames and splits by segment, so every split has every class.
+    segments = pd.read_parquet(results / "data/segments.parquet")
+    splits = pd.read_parquet(results / "data/splits.parquet")
     assert segments["frames"].max() <= 48 and segments.groupby("row")["frames"].sum().sum() == 599
     assert set(splits["segment_id"]) == set(segments["segment_id"])
     counts = splits.groupby(["split", "label"]).size().unstack(fill_value=0)
-    assert set(counts.index) == {"train", "val", "test"}
-    assert (counts.loc[["train", "test"]] > 0).all().all()
-    assert pq.read_schema(tmp_path / "results/data/splits.parquet").metadata[b"ferseq.identity_leak"] == b"true"
-    assert "identity leaks" in (tmp_path / "results/logs/data/splits.log").read_text()
-    assert (tmp_path / "results/benchmarks/data/segments.tsv").is_file()
-    # One faces job per video: a row for every annotated frame, faces in (nearly) all of them.
-    qc = pd.read_csv(tmp_path / "results/faces/qc.csv")
+    assert set(counts.index) == {"train", "val", "test"} and (counts.loc[["train", "test"]] > 0).all().all()
+    assert pq.read_schema(results / "data/splits.parquet").metadata[b"ferseq.identity_leak"] == b"true"
+    assert "identity leaks" in (results / "logs/data/splits.log").read_text()
+
+    # faces: one job per video, a row for every annotated frame, faces in (nearly) all of them.
+    qc = pd.read_csv(results / "faces/qc.csv")
     videos = qc[qc["label"] == "all"].set_index("video")
     assert videos["frames"].to_dict() == {"man_after_title": 65, "man_neutral_to_happy": 68, "woman_sad_to_happy": 466}
     assert (videos["detection_rate"] > 0.95).all()
-    for video, frames in videos["frames"].items():
-        faces = pd.read_parquet(tmp_path / f"results/faces/{video}.parquet", columns=["frame", "face_found"])
-        assert len(faces) == frames and faces["frame"].is_monotonic_increasing
 
-    again = run_snakemake(tmp_path, "--configfile", str(config), "--cores", "2", "-n", *DATA_OUTPUTS, *FACE_OUTPUTS)
+    # features: one row per face frame, 512-d embeddings and one probability per class.
+    for video in videos.index:
+        faces = pd.read_parquet(results / f"faces/{video}.parquet", columns=["frame", "face_found"])
+        features = pd.read_parquet(results / f"folds/0/features/{video}.parquet")
+        assert features["frame"].tolist() == faces.loc[faces["face_found"], "frame"].tolist()
+        assert {len(e) for e in features["embedding"]} == {512} and {len(p) for p in features["probs"]} == {4}
+
+    # windows, grid search, evaluation: the three methods on the same test windows.
+    test_windows = pd.read_parquet(results / "folds/0/windows/test.parquet", columns=["window_id", "label"])
+    best = json.loads((results / "folds/0/sequence_model/best.json").read_text())
+    assert best["arch"] in ("lstm", "bilstm") and best["points"] == 2
+    tables = {m: pd.read_csv(results / f"folds/0/evaluation/{m}.csv").set_index("class") for m in ("per_frame", "aggregation", "cnn_lstm")}
+    assert tables["aggregation"].at["accuracy", "support"] == tables["cnn_lstm"].at["accuracy", "support"] == len(test_windows)
+    assert tables["per_frame"].at["accuracy", "support"] == 16 * len(test_windows)
+    summary = (results / "evaluation/summary.md").read_text()
+    assert "CNN-LSTM" in summary and "Identity leaks across splits" in summary and "private" in summary
+
+    # MLflow: every training and evaluation step has its tagged run in the local store.
+    mlflow.set_tracking_uri(f"sqlite:///{results}/mlflow.db")
+    runs = mlflow.search_runs(experiment_names=["ferseq-demo"], output_format="list")
+    stages = pd.Series([r.data.tags["stage"] for r in runs]).value_counts().to_dict()
+    assert stages == {"frame_model": 1, "features": 1, "sequence_search": 1, "sequence_model": 2, "evaluate": 3}
+    assert {r.data.tags["fold"] for r in runs} == {"0"}
+
+    again = run_snakemake(tmp_path, "--configfile", str(config), "--cores", "2", "-n")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+    report = run_snakemake(tmp_path, "--configfile", str(config), "--report", str(results / "report.html"))
+    assert report.returncode == 0, report.stdout[-2000:] + report.stderr[-2000:]
+    assert (results / "report.html").stat().st_size > 100_000
 
 
 def test_lint_is_clean():

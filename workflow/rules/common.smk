@@ -57,6 +57,10 @@ def final_outputs(wildcards):
         "results/data/splits.parquet",
         "results/data/split_summary.csv",
         "results/faces/qc.csv",
+        *expand("results/folds/{fold}/features/stats.csv", fold=FOLDS),
+        *expand("results/folds/{fold}/windows/counts.csv", fold=FOLDS),
+        "results/evaluation/summary.csv",
+        "results/evaluation/summary.md",
     ]
 
 

@@ -1,0 +1,191 @@
+"""Feature store: the fold's frame model run over every face frame of a video.
+
+Output ``results/folds/{fold}/features/{video}.parquet``, one row per face
+frame (``face_found``) of the faces file, in the faces file's order:
+
+============ ================================== ==========================================
+column       type                               meaning
+============ ================================== ==========================================
+video_id     string
+frame        int32                              0-based frame number in the video
+segment_id   int64
+label        string                             the segment's class
+embedding    fixed_size_list<float32>[512]      FC-512 output (``fc[embedding_layer]``)
+probs        fixed_size_list<float32>[C]        softmax, in the order of ``classes.names``
+============ ================================== ==========================================
+
+The file's key-value metadata (key ``ferseq.features``, JSON; ``pq.read_metadata(path).metadata``) names the classes, the
+backbone and the fold, and records frames, seconds and frames per second of
+the extraction. :func:`log_features_run` reads those from a fold's files and
+logs one MLflow run per fold, however many jobs wrote them.
+
+The faces file is read one row group at a time by DataLoader workers, which
+decode the crops while the model runs: every frame is read and decoded once,
+and memory holds a few row groups, not the video.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from ferseq import tracking
+from ferseq.crops import RowGroupCrops, loader
+from ferseq.errors import FerseqError
+from ferseq.frame_model import FrameModel, autocast, load_frame_model, settings
+from ferseq.outputs import atomic_path
+
+log = logging.getLogger(__name__)
+
+METADATA_KEY = b"ferseq.features"
+LOG_EVERY = 5000  # face frames between progress lines
+
+
+def parquet_schema(embedding_dim: int, classes: int) -> pa.Schema:
+    """The schema of a feature store file."""
+    return pa.schema([
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("frame", pa.int32(), nullable=False),
+        pa.field("segment_id", pa.int64(), nullable=False),
+        pa.field("label", pa.string(), nullable=False),
+        pa.field("embedding", pa.list_(pa.float32(), embedding_dim), nullable=False),
+        pa.field("probs", pa.list_(pa.float32(), classes), nullable=False),
+    ])
+
+
+def _fixed_lists(values: np.ndarray) -> pa.FixedSizeListArray:
+    return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1), pa.float32()), values.shape[1])
+
+
+def extract_video(model: FrameModel, faces_parquet: str | Path, labels: Mapping[int, str], out_parquet: str | Path, *,
+                  video_id: str, batch_size: int = 64, num_workers: int = 2, fold: int | None = None) -> dict[str, Any]:
+    """Write the features of one video with an already loaded ``model`` (eval mode); return its stats.
+
+    ``labels``: segment_id -> class name for (at least) the video's segments.
+    Workers decode one row group of the faces file each (256 rows from the
+    faces stage), so a batch never spans row groups: a ``batch_size`` above
+    the row-group size has no effect. Stats: video_id, fold, frames (face
+    frames written), seconds, frames_per_second, device.
+    """
+    dev = next(model.parameters()).device
+    model.eval()
+    crops = RowGroupCrops(faces_parquet, model.input_size)
+    row_groups = loader(crops, min(num_workers, len(crops)), dev.type == "cuda", batch_size=None)
+    schema = parquet_schema(model.embedding_dim, len(model.classes))
+    frames_done, started = 0, time.perf_counter()
+    with atomic_path(out_parquet) as tmp:
+        with pq.ParquetWriter(tmp, schema) as writer:
+            for frames, segment_ids, images in row_groups:  # one row group of the faces file at a time
+                if len(frames) == 0:
+                    continue
+                unknown = sorted(set(segment_ids.tolist()) - set(labels))
+                if unknown:
+                    raise FerseqError(f"{faces_parquet}: segments {unknown[:5]} are not in the segments table; "
+                                      "are the faces files from another run of the data stage?")
+                embeddings, probs = [], []
+                with torch.inference_mode(), autocast(dev):
+                    for start in range(0, len(images), batch_size):
+                        batch = images[start:start + batch_size].to(dev, non_blocking=True)
+                        embedding, logits = model.embed(batch)
+                        embeddings.append(embedding.float().cpu())
+                        probs.append(logits.float().softmax(dim=1).cpu())
+                writer.write_table(pa.table([
+                    pa.array([video_id] * len(frames), pa.string()),
+                    pa.array(frames, pa.int32()),
+                    pa.array(segment_ids, pa.int64()),
+                    pa.array([labels[s] for s in segment_ids.tolist()], pa.string()),
+                    _fixed_lists(torch.cat(embeddings).numpy()),
+                    _fixed_lists(torch.cat(probs).numpy()),
+                ], schema=schema))
+                frames_done += len(frames)
+                if frames_done // LOG_EVERY > (frames_done - len(frames)) // LOG_EVERY:
+                    log.info("%s: %d face frames, %.1f frames/s", video_id, frames_done,
+                             frames_done / (time.perf_counter() - started))
+            seconds = time.perf_counter() - started
+            stats = {"video_id": video_id, "fold": fold, "frames": frames_done, "seconds": round(seconds, 3),
+                     "frames_per_second": round(frames_done / seconds, 2) if seconds > 0 else None, "device": dev.type}
+            note = {"classes": model.classes, "backbone": model.arch["backbone"], "input_size": model.input_size,
+                    "embedding_dim": model.embedding_dim, "batch_size": batch_size, **stats}
+            writer.add_key_value_metadata({METADATA_KEY: json.dumps(note).encode()})
+    log.info("%s: %d face frames, %.1f s, %.1f frames/s (%s)", video_id, frames_done, seconds,
+             frames_done / seconds if seconds > 0 else float("nan"), dev.type)
+    return stats
+
+
+def _labels(segments_path: str | Path) -> dict[int, str]:
+    segments = pd.read_parquet(segments_path, columns=["segment_id", "label"])
+    return dict(zip(segments["segment_id"].astype(int), segments["label"].astype(str)))
+
+
+def extract_features_many(model_path: str | Path, faces: Mapping[str, str | Path], segments_path: str | Path,
+                          outputs: Mapping[str, str | Path], config: Mapping[str, Any], fold: int) -> pd.DataFrame:
+    """Features of several videos with one model load (``faces`` and ``outputs``: video_id -> path).
+
+    Returns one row of stats per video (see :func:`extract_video`).
+    """
+    cfg = settings(config)
+    model = load_frame_model(model_path)
+    labels = _labels(segments_path)
+    stats = []
+    for done, video_id in enumerate(outputs, start=1):
+        stats.append(extract_video(model, faces[video_id], labels, outputs[video_id], video_id=video_id, fold=fold,
+                                   batch_size=int(cfg["inference_batch_size"]), num_workers=int(cfg["num_workers"])))
+        log.info("fold %s features: %d/%d videos done", fold, done, len(outputs))
+    return pd.DataFrame(stats)
+
+
+def extract_features(model_path: str | Path, faces_parquet: str | Path, segments_path: str | Path,
+                     out_parquet: str | Path, config: Mapping[str, Any], fold: int,
+                     video_id: str | None = None) -> dict[str, Any]:
+    """Features of one video (video_id defaults to the faces file's stem); returns its stats."""
+    cfg = settings(config)
+    return extract_video(load_frame_model(model_path), faces_parquet, _labels(segments_path), out_parquet,
+                         video_id=video_id or Path(faces_parquet).stem, fold=fold,
+                         batch_size=int(cfg["inference_batch_size"]), num_workers=int(cfg["num_workers"]))
+
+
+def read_stats(path: str | Path) -> dict[str, Any]:
+    """The extraction stats and model note of a feature store file (its footer only, no data read)."""
+    metadata = pq.read_metadata(path).metadata or {}
+    if METADATA_KEY not in metadata:
+        raise FerseqError(f"{path}: not a ferseq feature store file (no {METADATA_KEY.decode()} metadata)")
+    return json.loads(metadata[METADATA_KEY])
+
+
+def log_features_run(feature_files: Iterable[str | Path], config: Mapping[str, Any], fold: int,
+                     out_csv: str | Path | None = None) -> pd.DataFrame:
+    """One MLflow run (stage ``features``) for a fold's feature files, and their stats table.
+
+    Per-video jobs do not log to MLflow (thousands of videos would make
+    thousands of runs); this reads each file's stats from its metadata and logs
+    the totals once: videos, frames, seconds, frames per second, with the
+    per-video table (also written to ``out_csv``) as an artifact.
+    """
+    table = pd.DataFrame([read_stats(path) for path in feature_files])
+    columns = ["video_id", "frames", "seconds", "frames_per_second", "device", "backbone", "input_size", "batch_size"]
+    table = table.reindex(columns=columns)
+    frames, seconds = int(table["frames"].sum()), float(table["seconds"].sum())
+    totals = {"videos": len(table), "frames": frames, "seconds": seconds,
+              "frames_per_second": frames / seconds if seconds > 0 else 0.0}
+    with tracking.start_run(dict(config), stage="features", fold=fold):
+        import mlflow
+
+        mlflow.log_params({"device": ",".join(sorted(set(table["device"].dropna()))),
+                           "inference_batch_size": settings(config)["inference_batch_size"]})
+        mlflow.log_metrics(totals)
+        mlflow.log_text(table.to_csv(index=False), "features_stats.csv")
+    if out_csv is not None:
+        with atomic_path(out_csv) as tmp:
+            table.to_csv(tmp, index=False)
+    log.info("fold %s features: %d videos, %d face frames, %.1f s, %.1f frames/s", fold, totals["videos"], frames,
+             seconds, totals["frames_per_second"])
+    return table

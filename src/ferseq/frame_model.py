@@ -1,0 +1,385 @@
+"""The per-frame CNN: a timm backbone, global average pooling, FC 1024-512-256, softmax over the classes.
+
+:func:`train_frame_model` trains one fold's model in one explicit loop (data,
+model, optimiser, epoch loop, early stop on the validation loss, checkpoint of
+the best epoch). The FC-512 output (``frame_model.embedding_layer``) is the
+frame embedding that the feature store keeps for the sequence models.
+
+``model.pt`` holds the best epoch's ``state_dict`` and everything needed to
+rebuild the network without the config (``arch``: backbone, classes, fc,
+dropout, embedding layer, input size, normalisation) plus the class weights,
+best epoch and its validation metrics; :func:`load_frame_model` reads it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import f1_score
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ferseq import tracking
+from ferseq.crops import CropDataset, face_rows, loader
+from ferseq.errors import ConfigError, FerseqError
+from ferseq.outputs import atomic_path
+
+log = logging.getLogger(__name__)
+
+# The ``frame_model`` defaults of workflow/schemas/config.schema.yaml (a test keeps them equal),
+# so that a partial config works outside Snakemake too.
+DEFAULTS: dict[str, Any] = {
+    "backbone": "legacy_xception", "pretrained": False, "input_size": 224, "fc": [1024, 512, 256],
+    "embedding_layer": 1, "dropout": 0.5, "lr": 0.0001, "batch_size": 32, "epochs": 30, "patience": 5,
+    "frame_stride": 1, "augment": True, "num_workers": 2, "inference_batch_size": 64,
+}
+
+
+class FrameDataError(FerseqError, ValueError):
+    """The fold's frames cannot train a model (no val frames, a class without train frames, ...)."""
+
+
+def settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``frame_model`` section of a full config, defaults filled in."""
+    return {**DEFAULTS, **config.get("frame_model", {})}
+
+
+def default_device() -> torch.device:
+    """CUDA when there is a GPU, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast(dev: torch.device):
+    """bf16 mixed precision on CUDA; plain float32 on the CPU (bf16 there is slow on most CPUs)."""
+    return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
+
+
+def create_backbone(name: str, pretrained: bool | str = False) -> nn.Module:
+    """A timm model without its classifier, returning globally average-pooled features.
+
+    ``pretrained``: False (random init), True (timm's weights: cached or downloaded)
+    or the path of a checkpoint to load into the backbone (a classifier in it is ignored).
+    """
+    import timm
+
+    if not timm.is_model(name):
+        raise ConfigError(f"frame_model.backbone: {name!r} is not a timm model name (see timm.list_models())")
+    if pretrained is True:
+        try:
+            return timm.create_model(name, pretrained=True, num_classes=0, global_pool="avg")
+        except Exception as err:  # no internet, no cache, no weights for this name: all the user's to fix
+            raise ConfigError(f"frame_model.pretrained: true needs timm's weights for {name}, which could not be "
+                              f"loaded ({type(err).__name__}: {err}); use false or the path of a checkpoint file") from None
+    model = timm.create_model(name, pretrained=False, num_classes=0, global_pool="avg")
+    if pretrained:
+        load_backbone_weights(model, Path(pretrained))
+    return model
+
+
+def load_backbone_weights(model: nn.Module, path: Path) -> None:
+    """Load a checkpoint (timm/torchvision-style state dict, or a ferseq model.pt) into a headless backbone."""
+    from timm.models import load_state_dict
+
+    where = f"frame_model.pretrained: checkpoint {str(path)!r}"
+    if not path.is_file():
+        raise ConfigError(f"{where} does not exist")
+    try:
+        state = load_state_dict(str(path))
+    except Exception as err:
+        raise ConfigError(f"{where} cannot be read as a PyTorch state dict ({type(err).__name__}: {err})") from None
+    if any(key.startswith("backbone.") for key in state):
+        # A ferseq model.pt (e.g. a model trained on other data): its backbone weights are under "backbone.".
+        state = {key[len("backbone."):]: value for key, value in state.items() if key.startswith("backbone.")}
+    head = model.pretrained_cfg.get("classifier", "fc")
+    heads = (head,) if isinstance(head, str) else tuple(head)
+    state = {key: value for key, value in state.items() if not key.startswith(tuple(h + "." for h in heads))}
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shapes that do not match
+        raise ConfigError(f"{where} does not fit backbone {model.pretrained_cfg.get('architecture')}: {err}") from None
+    if missing or unexpected:
+        raise ConfigError(f"{where} does not fit backbone {model.pretrained_cfg.get('architecture')}: "
+                          f"{len(missing)} weights missing (e.g. {missing[:3]}), {len(unexpected)} unexpected "
+                          f"(e.g. {unexpected[:3]})")
+    log.info("backbone weights loaded from %s", path)
+
+
+class FrameModel(nn.Module):
+    """Backbone -> GAP features -> FC layers (ReLU, dropout) -> class logits.
+
+    Inputs are uint8 RGB images (batch, 3, size, size); the model scales and
+    normalises them with its backbone's mean and std. ``embed`` returns the
+    output of ``fc[embedding_layer]`` after its ReLU (the frame embedding) and the logits.
+    """
+
+    def __init__(self, backbone: str, classes: Sequence[str], fc: Sequence[int] = (1024, 512, 256), dropout: float = 0.5,
+                 embedding_layer: int = 1, input_size: int = 224, pretrained: bool | str = False,
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None):
+        super().__init__()
+        if not 0 <= embedding_layer < len(fc):
+            raise ConfigError(f"frame_model.embedding_layer: {embedding_layer} is not an index of frame_model.fc {list(fc)}")
+        self.backbone = create_backbone(backbone, pretrained)
+        cfg = self.backbone.pretrained_cfg
+        self.arch = {"backbone": backbone, "classes": list(classes), "fc": [int(n) for n in fc], "dropout": float(dropout),
+                     "embedding_layer": int(embedding_layer), "input_size": int(input_size),
+                     "mean": [float(m) for m in (mean or cfg["mean"])], "std": [float(s) for s in (std or cfg["std"])]}
+        self.register_buffer("mean", torch.tensor(self.arch["mean"]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(self.arch["std"]).view(1, 3, 1, 1), persistent=False)
+        sizes = [self.backbone.num_features, *self.arch["fc"]]
+        self.fc = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:]))
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(sizes[-1], len(classes))
+
+    @property
+    def classes(self) -> list[str]:
+        return self.arch["classes"]
+
+    @property
+    def input_size(self) -> int:
+        return self.arch["input_size"]
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.arch["fc"][self.arch["embedding_layer"]]
+
+    def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(embedding (batch, fc[embedding_layer]), logits (batch, classes)) of uint8 RGB images."""
+        x = (images.float() / 255.0 - self.mean) / self.std
+        x = self.backbone(x)
+        embedding = x
+        for index, layer in enumerate(self.fc):
+            x = F.relu(layer(x))
+            if index == self.arch["embedding_layer"]:
+                embedding = x
+            x = self.dropout(x)
+        return embedding, self.classifier(x)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.embed(images)[1]
+
+
+def build_model(config: Mapping[str, Any]) -> FrameModel:
+    """The (untrained) frame model a full config describes."""
+    cfg = settings(config)
+    return FrameModel(cfg["backbone"], config["classes"]["names"], cfg["fc"], cfg["dropout"], cfg["embedding_layer"],
+                      cfg["input_size"], cfg["pretrained"])
+
+
+def save_checkpoint(path: str | Path, model: FrameModel, state_dict: dict | None = None, **info: Any) -> None:
+    """Write ``model.pt`` atomically: the weights (``state_dict`` or the model's own), ``arch`` and ``info``."""
+    state = state_dict if state_dict is not None else model.state_dict()
+    checkpoint = {"state_dict": {k: v.detach().cpu() for k, v in state.items()}, "arch": model.arch, **info}
+    with atomic_path(path) as tmp:
+        torch.save(checkpoint, tmp)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The contents of a ``model.pt`` (weights on the CPU)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no frame model checkpoint there (the frame_model rule writes it)")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_frame_model(path: str | Path, device: str | torch.device | None = None) -> FrameModel:
+    """A trained frame model from ``model.pt``, in eval mode, on ``device`` (default: CUDA if available).
+
+    Never downloads anything: the backbone is built empty and gets the saved weights.
+    """
+    checkpoint = read_checkpoint(path)
+    model = FrameModel(**checkpoint["arch"], pretrained=False)
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.to(device or default_device()).eval()
+
+
+def class_weights(counts: np.ndarray, classes: Sequence[str]) -> torch.Tensor:
+    """Inverse-frequency weights, scaled so that sum(weight * count) = total count (mean loss stays comparable).
+
+    A class without train frames cannot be learnt: it is an error naming the class.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    absent = [name for name, n in zip(classes, counts) if n == 0]
+    if absent:
+        per_class = ", ".join(f"{name}: {int(n)}" for name, n in zip(classes, counts))
+        raise FrameDataError(f"class(es) {', '.join(absent)} have no train frames with a face ({per_class}); the model "
+                             "cannot learn them: check the splits and faces QC, or drop the class from classes.names")
+    return torch.tensor(counts.sum() / (len(counts) * counts), dtype=torch.float32)
+
+
+def fold_frames(faces: Mapping[str, str | Path], segments_path: str | Path, splits_path: str | Path, fold: int,
+                classes: Sequence[str], stride: int = 1) -> dict[str, tuple[pa.ChunkedArray, np.ndarray]]:
+    """The encoded crops and class indices of the fold's train and val face frames.
+
+    Every ``stride``-th face frame of each segment (in frame order) is kept.
+    ``faces``: video_id -> faces Parquet file. Returns split -> (crops, labels).
+    """
+    segments = pd.read_parquet(segments_path, columns=["segment_id", "video_id", "label"])
+    splits = pd.read_parquet(splits_path, columns=["fold", "segment_id", "split"])
+    if not (splits["fold"] == fold).any():
+        raise FrameDataError(f"{splits_path}: no fold {fold} (folds: {sorted(splits['fold'].unique())})")
+    wanted = segments.merge(splits.loc[(splits["fold"] == fold) & splits["split"].isin(["train", "val"]),
+                                       ["segment_id", "split"]], on="segment_id")
+    unknown = sorted(set(wanted["label"]) - set(classes))
+    if unknown:
+        raise FrameDataError(f"{segments_path}: labels {unknown} are not in classes.names {list(classes)}")
+    missing = sorted(set(wanted["video_id"]) - set(faces))
+    if missing:
+        raise FrameDataError(f"fold {fold}: no faces file given for videos {missing[:5]} ({len(missing)} in all)")
+    index = {name: i for i, name in enumerate(classes)}
+    by_segment = wanted.set_index("segment_id")
+    parts: dict[str, list[tuple[pa.ChunkedArray, np.ndarray]]] = {"train": [], "val": []}
+    for video_id, mine in wanted.groupby("video_id", sort=True):
+        table = pq.read_table(faces[video_id], columns=["segment_id", "frame", "face_found", "crop"],
+                              filters=[("segment_id", "in", mine["segment_id"].tolist())])
+        table = face_rows(table).sort_by([("segment_id", "ascending"), ("frame", "ascending")])
+        keys = table.select(["segment_id"]).to_pandas()
+        keep = keys.groupby("segment_id").cumcount().to_numpy() % stride == 0
+        split = by_segment.loc[keys["segment_id"], "split"].to_numpy()
+        label = by_segment.loc[keys["segment_id"], "label"].map(index).to_numpy()
+        for name in parts:
+            rows = np.flatnonzero(keep & (split == name))
+            parts[name].append((table["crop"].take(rows), label[rows]))
+    result = {}
+    for name, chunks in parts.items():
+        crops = [part for c, _ in chunks for part in c.cast(pa.large_binary()).chunks]
+        labels = np.concatenate([y for _, y in chunks]) if chunks else np.zeros(0, np.int64)
+        result[name] = (pa.chunked_array(crops, pa.large_binary()), labels.astype(np.int64))
+    return result
+
+
+def evaluate(model: FrameModel, batches: DataLoader, weights: torch.Tensor,
+             dev: torch.device) -> tuple[float, np.ndarray, np.ndarray]:
+    """Weighted mean cross entropy, predictions and labels of ``model`` on ``batches``."""
+    model.eval()
+    loss_sum, weight_sum, preds, labels = 0.0, 0.0, [], []
+    with torch.inference_mode(), autocast(dev):
+        for images, y in batches:
+            images, y = images.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+            logits = model(images).float()
+            loss_sum += F.cross_entropy(logits, y, weight=weights, reduction="sum").item()
+            weight_sum += weights[y].sum().item()
+            preds.append(logits.argmax(dim=1).cpu().numpy())
+            labels.append(y.cpu().numpy())
+    return loss_sum / weight_sum, np.concatenate(preds), np.concatenate(labels)
+
+
+def train_frame_model(faces: Mapping[str, str | Path], segments_path: str | Path, splits_path: str | Path, fold: int,
+                      config: Mapping[str, Any], out_model: str | Path, out_metrics: str | Path) -> dict[str, Any]:
+    """Train the frame model of one fold; write ``out_model`` (model.pt) and ``out_metrics`` (per-epoch CSV).
+
+    ``faces``: video_id -> faces Parquet file; ``config``: the full validated
+    config. Logs one MLflow run (stage ``frame_model``, tag fold). Returns the
+    best epoch, its val loss and macro F1, and the epochs run.
+    """
+    cfg = settings(config)
+    classes = list(config["classes"]["names"])
+    seed = int(config.get("seed", 42))
+    dev = default_device()
+
+    # data: encoded crops in memory, decoded by the DataLoader workers
+    frames = fold_frames(faces, segments_path, splits_path, fold, classes, int(cfg["frame_stride"]))
+    (train_crops, train_y), (val_crops, val_y) = frames["train"], frames["val"]
+    if len(val_y) == 0:
+        raise FrameDataError(f"fold {fold}: no val frames with a face; early stopping needs a val split with faces")
+    try:
+        weights = class_weights(np.bincount(train_y, minlength=len(classes)), classes)
+    except FrameDataError as err:
+        raise FrameDataError(f"fold {fold}: {err}") from None
+    log.info("fold %s: %d train and %d val face frames (frame_stride %d), device %s; train frames per class: %s",
+             fold, len(train_y), len(val_y), cfg["frame_stride"], dev.type,
+             dict(zip(classes, np.bincount(train_y, minlength=len(classes)).tolist())))
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)  # shuffle order and worker seeds (augmentation)
+    workers, pin = int(cfg["num_workers"]), dev.type == "cuda"
+    size, batch_size = int(cfg["input_size"]), int(cfg["batch_size"])
+    # A last batch of one image is dropped: BatchNorm cannot train on a single 1x1 feature map.
+    train_loader = loader(CropDataset(train_crops, train_y, size, augment=bool(cfg["augment"])), workers, pin,
+                          batch_size=batch_size, shuffle=True, generator=generator, drop_last=len(train_y) % batch_size == 1)
+    val_loader = loader(CropDataset(val_crops, val_y, size), workers, pin, batch_size=int(cfg["inference_batch_size"]))
+
+    # model, loss weights, optimiser
+    model = build_model(config).to(dev)
+    weights = weights.to(dev)
+    optimizer = torch.optim.Adam(model.parameters(), lr=float(cfg["lr"]))
+
+    history: list[dict[str, float]] = []
+    best = {"epoch": 0, "val_loss": math.inf, "val_macro_f1": 0.0, "state_dict": None}
+    stale = 0
+    log_every = max(1, len(train_loader) // 10)  # a few lines per epoch: epochs of real data take long on a CPU
+    with tracking.start_run(config, stage="frame_model", fold=fold) as run:
+        import mlflow
+
+        mlflow.log_params({f"frame_model.{k}": v for k, v in cfg.items()})
+        mlflow.log_params({f"class_weight.{name}": round(float(w), 6) for name, w in zip(classes, weights.tolist())})
+        mlflow.log_params({"train_frames": len(train_y), "val_frames": len(val_y), "device": dev.type})
+
+        # epoch loop with early stopping on the validation loss
+        for epoch in range(1, int(cfg["epochs"]) + 1):
+            started = time.perf_counter()
+            model.train()
+            loss_sum = torch.zeros((), device=dev)  # summed on the device: no sync per step
+            weight_sum = torch.zeros((), device=dev)
+            for step, (images, y) in enumerate(train_loader, start=1):
+                images, y = images.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+                with autocast(dev):
+                    logits = model(images)
+                loss = F.cross_entropy(logits.float(), y, weight=weights)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                # the weighted mean over the batch, times its weight sum = the batch's share of the epoch loss
+                loss_sum += loss.detach() * weights[y].sum()
+                weight_sum += weights[y].sum()
+                if step % log_every == 0 and step < len(train_loader):
+                    log.info("fold %s epoch %d: batch %d/%d, train loss so far %.4f", fold, epoch, step,
+                             len(train_loader), (loss_sum / weight_sum).item())
+            val_loss, val_pred, val_true = evaluate(model, val_loader, weights, dev)
+            if not math.isfinite(val_loss):
+                raise FerseqError(f"fold {fold} epoch {epoch}: val loss is {val_loss}, training diverged; "
+                                  f"lower frame_model.lr (now {cfg['lr']})")
+            val_f1 = f1_score(val_true, val_pred, labels=np.unique(val_true), average="macro", zero_division=0)
+            row = {"epoch": epoch, "train_loss": (loss_sum / weight_sum).item(), "val_loss": val_loss,
+                   "val_macro_f1": float(val_f1), "seconds": time.perf_counter() - started}
+            history.append(row)
+            mlflow.log_metrics({k: row[k] for k in ("train_loss", "val_loss", "val_macro_f1")} |
+                               {"epoch_seconds": row["seconds"]}, step=epoch)
+            improved = val_loss < best["val_loss"]
+            if improved:
+                best = {"epoch": epoch, "val_loss": val_loss, "val_macro_f1": float(val_f1),
+                        "state_dict": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}}
+                stale = 0
+            else:
+                stale += 1
+            log.info("fold %s epoch %d/%d: train loss %.4f, val loss %.4f, val macro F1 %.3f, %.1f s%s", fold, epoch,
+                     cfg["epochs"], row["train_loss"], val_loss, val_f1, row["seconds"], " (best)" if improved else "")
+            if stale >= int(cfg["patience"]):
+                log.info("fold %s: early stop at epoch %d, val loss has not improved for %d epochs (best epoch %d)",
+                         fold, epoch, stale, best["epoch"])
+                break
+
+        # checkpoint of the best epoch, and the history
+        save_checkpoint(out_model, model, best["state_dict"], fold=fold, seed=seed,
+                        class_weights=[float(w) for w in weights.cpu()], best_epoch=best["epoch"],
+                        val_loss=best["val_loss"], val_macro_f1=best["val_macro_f1"], epochs_run=len(history),
+                        train_frames=len(train_y), val_frames=len(val_y), config_hash=tracking.config_hash(dict(config)))
+        with atomic_path(out_metrics) as tmp:
+            pd.DataFrame(history, columns=list(history[0])).to_csv(tmp, index=False)
+        mlflow.log_metrics({"best_epoch": best["epoch"], "best_val_loss": best["val_loss"],
+                            "best_val_macro_f1": best["val_macro_f1"], "epochs_run": len(history)})
+        mlflow.log_artifact(str(out_model))
+        mlflow.log_artifact(str(out_metrics))
+        run_id = run.info.run_id
+    log.info("fold %s: best epoch %d of %d, val loss %.4f, val macro F1 %.3f -> %s", fold, best["epoch"], len(history),
+             best["val_loss"], best["val_macro_f1"], out_model)
+    return {"best_epoch": best["epoch"], "val_loss": best["val_loss"], "val_macro_f1": best["val_macro_f1"],
+            "epochs_run": len(history), "history": history, "run_id": run_id}

@@ -1,0 +1,193 @@
+"""Cut each segment into fixed-length windows of per-frame features.
+
+A window never crosses a segment boundary. Consecutive windows do not overlap
+(stride = length), except for the classes given an overlap in config, and only
+in the train and val splits: minority classes get more training windows, while
+test windows stay disjoint so every test frame is scored once.
+
+Frames without a face follow ``faces.missing_face``: ``drop`` skips them (the
+window is made of the face frames that remain, in order), ``repeat`` fills each
+with the last face frame before it (the first face frame for leading gaps).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ferseq.outputs import atomic_path
+
+log = logging.getLogger(__name__)
+
+
+def stride(length: int, overlap: float) -> int:
+    """Step between window starts for an overlap fraction (0 = no overlap)."""
+    return max(1, int(round(length * (1 - overlap))))
+
+
+def starts(n_frames: int, length: int, step: int) -> list[int]:
+    """Start positions of the windows that fit in ``n_frames``."""
+    return list(range(0, n_frames - length + 1, step)) if n_frames >= length else []
+
+
+def segment_frames(start: int, end: int, face_frames: np.ndarray, policy: str) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of ``face_frames`` (sorted frame numbers that have a face) for the segment ``[start, end)``.
+
+    Returns ``(rows, frames)``: the feature row for each position of the
+    sequence, and that position's frame number. Empty when the segment has no face.
+    """
+    lo, hi = np.searchsorted(face_frames, [start, end])
+    if hi == lo:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+    if policy == "drop":
+        return np.arange(lo, hi), face_frames[lo:hi]
+    if policy != "repeat":
+        raise ValueError(f"faces.missing_face must be drop or repeat, not {policy!r}")
+    # For every frame of the segment, the last face frame at or before it (or the first one after).
+    frames = np.arange(start, end)
+    positions = np.searchsorted(face_frames[lo:hi], frames, side="right") - 1
+    return lo + np.clip(positions, 0, None), frames
+
+
+def cut(features: pd.DataFrame, embeddings: np.ndarray, probs: np.ndarray, segments: pd.DataFrame, length: int,
+        overlap: dict[str, float], policy: str = "repeat") -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """Windows of the given segments.
+
+    ``features``: one row per face frame (segment_id, frame), aligned with the
+    rows of ``embeddings`` (N, D) and ``probs`` (N, C); only the rows of
+    ``segments`` (segment_id, video_id, subject, label, start, end) are used.
+    ``overlap``: class -> overlap fraction ({} for test).
+    Returns the window table (window_id, segment_id, video_id, subject, label,
+    first_frame, last_frame), embeddings (W, length, D) and probs (W, length, C).
+    """
+    rows, picks = [], []
+    order = np.lexsort((features["frame"].to_numpy(), features["segment_id"].to_numpy()))
+    seg_ids = features["segment_id"].to_numpy()[order]
+    frame_numbers = features["frame"].to_numpy()[order]
+    for seg in segments.sort_values("segment_id").itertuples(index=False):
+        lo, hi = np.searchsorted(seg_ids, [seg.segment_id, seg.segment_id + 1])
+        index, frames = segment_frames(seg.start, seg.end, frame_numbers[lo:hi], policy)
+        for s in starts(len(index), length, stride(length, overlap.get(seg.label, 0.0))):
+            rows.append((seg.segment_id, seg.video_id, seg.subject, seg.label, int(frames[s]), int(frames[s + length - 1])))
+            picks.append(order[lo + index[s:s + length]])
+    table = pd.DataFrame(rows, columns=["segment_id", "video_id", "subject", "label", "first_frame", "last_frame"])
+    table.insert(0, "window_id", np.arange(len(table), dtype=np.int64))
+    picks = np.array(picks, dtype=np.int64).reshape(len(rows), length)
+    return table, embeddings[picks].astype(np.float32), probs[picks].astype(np.float32)
+
+
+def read_features(path: str | Path) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """A feature store file as (frame table, embeddings (N, D), probs (N, C)), without per-row Python objects."""
+    arrow = pq.read_table(path)
+
+    def matrix(name: str) -> np.ndarray:
+        column = arrow.column(name).combine_chunks()
+        width = getattr(column.type, "list_size", -1)  # fixed-size lists: known even for an empty file
+        return column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), width).astype(np.float32)
+
+    return arrow.drop_columns(["embedding", "probs"]).to_pandas(), matrix("embedding"), matrix("probs")
+
+
+class WindowWriter:
+    """Appends windows to one Parquet file, one row group per call, so memory stays per video."""
+
+    def __init__(self, path: str | Path, length: int, dim: int, classes: int):
+        self.path, self.length, self.dim, self.classes = Path(path), length, dim, classes
+        self.schema = pa.schema([
+            ("window_id", pa.int64()), ("segment_id", pa.int64()), ("video_id", pa.string()), ("subject", pa.string()),
+            ("label", pa.string()), ("first_frame", pa.int64()), ("last_frame", pa.int64()),
+            ("embedding", pa.list_(pa.float32(), length * dim)), ("probs", pa.list_(pa.float32(), length * classes)),
+        ], metadata={b"ferseq.window_length": str(length).encode(), b"ferseq.embedding_dim": str(dim).encode(),
+                     b"ferseq.classes": str(classes).encode()})
+        self.count = 0
+        # Written under a temporary name, renamed on close: a failed job leaves no file that looks complete.
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
+        self._writer = pq.ParquetWriter(self._tmp, self.schema)
+
+    def append(self, table: pd.DataFrame, embeddings: np.ndarray, probs: np.ndarray) -> None:
+        """Add windows; their window_id is renumbered to follow the ones already written."""
+        n = len(table)
+        columns = {name: table[name].to_numpy() for name in ("segment_id", "video_id", "subject", "label", "first_frame", "last_frame")}
+        columns["window_id"] = np.arange(self.count, self.count + n, dtype=np.int64)
+        columns["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(embeddings.reshape(-1), pa.float32()), self.length * self.dim)
+        columns["probs"] = pa.FixedSizeListArray.from_arrays(pa.array(probs.reshape(-1), pa.float32()), self.length * self.classes)
+        self._writer.write_table(pa.table({f.name: columns[f.name] for f in self.schema}, schema=self.schema))
+        self.count += n
+
+    def close(self, discard: bool = False) -> None:
+        """Finish the file (it appears only now), or discard it."""
+        self._writer.close()
+        if discard:
+            self._tmp.unlink(missing_ok=True)
+        else:
+            os.replace(self._tmp, self.path)
+
+
+def write(path: str | Path, table: pd.DataFrame, embeddings: np.ndarray, probs: np.ndarray) -> None:
+    """Write one window table at once (see :class:`WindowWriter` for the format)."""
+    writer = WindowWriter(path, embeddings.shape[1], embeddings.shape[2], probs.shape[2])
+    writer.append(table, embeddings, probs)
+    writer.close()
+
+
+def read(path: str | Path) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """A windows file as (window table, embeddings (W, L, D), probs (W, L, C))."""
+    arrow = pq.read_table(path)
+    meta = arrow.schema.metadata
+    length, dim, classes = (int(meta[k]) for k in (b"ferseq.window_length", b"ferseq.embedding_dim", b"ferseq.classes"))
+
+    def values(name: str, width: int) -> np.ndarray:
+        flat = arrow.column(name).combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        return flat.reshape(arrow.num_rows, length, width)
+
+    return arrow.drop_columns(["embedding", "probs"]).to_pandas(), values("embedding", dim), values("probs", classes)
+
+
+def write_windows(feature_files: Iterable[str | Path], segments_path: str | Path, splits_path: str | Path, fold: int,
+                  length: int, overlap: dict[str, float], policy: str, outputs: dict[str, str | Path],
+                  out_counts: str | Path, classes: list[str]) -> pd.DataFrame:
+    """The sequences stage for one fold: the windows of each split (``outputs``: split -> path)
+    and the window counts per class and split (also logged). Videos are read one at a time."""
+    segments = pd.read_parquet(segments_path)
+    splits = pd.read_parquet(splits_path)
+    segments = segments.merge(splits.loc[splits["fold"] == fold, ["segment_id", "split"]], on="segment_id")
+    writers: dict[str, WindowWriter] = {}
+    labels: dict[str, list[str]] = {split: [] for split in outputs}
+    try:
+        for path in feature_files:
+            features, embeddings, probs = read_features(path)
+            if features.empty:
+                continue
+            for split in outputs:
+                mine = segments[(segments["split"] == split) & segments["segment_id"].isin(features["segment_id"].unique())]
+                table, emb, prob = cut(features, embeddings, probs, mine, length, overlap if split != "test" else {}, policy)
+                if split not in writers:
+                    writers[split] = WindowWriter(outputs[split], length, embeddings.shape[1], probs.shape[1])
+                writers[split].append(table, emb, prob)
+                labels[split] += table["label"].tolist()
+        if len(writers) < len(outputs):
+            raise ValueError(f"fold {fold}: no face features in any video; nothing to cut into windows")
+    except BaseException:
+        for writer in writers.values():
+            writer.close(discard=True)
+        raise
+    for writer in writers.values():
+        writer.close()
+    counts = pd.DataFrame([
+        {"split": split, "label": name, "windows": labels[split].count(name),
+         "segments": int(((segments["split"] == split) & (segments["label"] == name)).sum())}
+        for split in outputs for name in classes
+    ])
+    log.info("fold %s windows per class and split:\n%s", fold,
+             counts.pivot(index="label", columns="split", values="windows").to_string())
+    with atomic_path(out_counts) as tmp:
+        counts.to_csv(tmp, index=False)
+    return counts

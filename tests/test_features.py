@@ -1,0 +1,133 @@
+"""Feature store: a trained frame model over the real face crops of the demo clips.
+
+Uses the faces files and config helpers of test_frame_model.py (built once per session).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from conftest import CLASSES
+from ferseq import crops, features, frame_model, windows
+from ferseq.errors import FerseqError
+from test_frame_model import demo_faces, make_config
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return demo_faces(tmp_path_factory.getbasetemp() / "demo_faces")
+
+
+@pytest.fixture(scope="module")
+def trained(demo, tmp_path_factory) -> tuple[Path, dict]:
+    """A fold-0 model (resnet18 at 32 px, one epoch) and its config, with two loader workers."""
+    folder = tmp_path_factory.mktemp("model")
+    config = make_config(folder, epochs=1, num_workers=2, inference_batch_size=8)
+    frame_model.train_frame_model(demo.faces, demo.segments, demo.splits, 0, config, folder / "model.pt",
+                                  folder / "metrics.csv")
+    return folder / "model.pt", config
+
+
+def face_rows(path: Path) -> pd.DataFrame:
+    table = pd.read_parquet(path, columns=["segment_id", "frame", "face_found", "crop"])
+    return table[table["face_found"]].reset_index(drop=True)
+
+
+def test_one_row_per_face_frame_with_the_schema(demo, trained, tmp_path):
+    model_path, config = trained
+    out = tmp_path / "man2.parquet"  # the video whose first segment starts on a title card (frames without a face)
+    stats = features.extract_features(model_path, demo.faces["man2"], demo.segments, out, config, fold=0)
+
+    schema = pq.read_schema(out)
+    assert schema.names == ["video_id", "frame", "segment_id", "label", "embedding", "probs"]
+    assert schema.field("frame").type == pa.int32() and schema.field("segment_id").type == pa.int64()
+    assert schema.field("embedding").type == pa.list_(pa.float32(), 512)
+    assert schema.field("probs").type == pa.list_(pa.float32(), len(CLASSES["names"]))
+
+    table = pd.read_parquet(out)
+    expected = face_rows(demo.faces["man2"])
+    everything = pd.read_parquet(demo.faces["man2"], columns=["face_found"])
+    assert len(table) == len(expected) == stats["frames"] < len(everything)
+    assert (table["frame"].to_numpy() == expected["frame"].to_numpy()).all()  # order kept across row groups
+    assert (table["video_id"] == "man2").all()
+    labels = demo.table.set_index("segment_id")["label"]
+    assert (table["label"].to_numpy() == labels[table["segment_id"]].to_numpy()).all()
+    probs = np.stack(table["probs"].to_numpy())
+    assert np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+    assert stats["fold"] == 0 and stats["frames_per_second"] > 0
+    note = features.read_stats(out)
+    assert note["classes"] == CLASSES["names"] and note["embedding_dim"] == 512 and note["frames"] == len(table)
+
+
+def test_reloaded_model_gives_the_stored_embeddings(demo, trained, tmp_path):
+    model_path, config = trained
+    out = tmp_path / "woman.parquet"
+    features.extract_features(model_path, demo.faces["woman"], demo.segments, out, config, fold=0)
+    stored, embeddings, probs = windows.read_features(out)  # the reader of the next stage
+
+    model = frame_model.load_frame_model(model_path, "cpu")
+    rows = face_rows(demo.faces["woman"])
+    images = torch.stack([crops.to_tensor(crops.decode(c, model.input_size)) for c in rows["crop"]])
+    with torch.inference_mode():
+        again, logits = model.embed(images)
+    assert embeddings.shape == (len(rows), 512) and probs.shape == (len(rows), 4)
+    assert np.allclose(embeddings, again.numpy(), atol=1e-5)
+    assert np.allclose(probs, logits.softmax(dim=1).numpy(), atol=1e-5)
+    assert (stored["frame"].to_numpy() == rows["frame"].to_numpy()).all()
+
+
+def test_many_videos_with_one_model_load_match_single_videos(demo, trained, tmp_path):
+    model_path, config = trained
+    outputs = {video_id: tmp_path / "many" / f"{video_id}.parquet" for video_id in demo.faces}
+    stats = features.extract_features_many(model_path, demo.faces, demo.segments, outputs, config, fold=0)
+    assert list(stats["video_id"]) == list(demo.faces)
+    single = tmp_path / "man1.parquet"
+    features.extract_features(model_path, demo.faces["man1"], demo.segments, single, config, fold=0)
+    assert pq.read_table(single).equals(pq.read_table(outputs["man1"]))
+
+
+def test_a_video_without_faces_gives_an_empty_file(demo, trained, tmp_path):
+    model_path, config = trained
+    faceless = tmp_path / "faceless.parquet"
+    table = pq.read_table(demo.faces["man1"])
+    table = table.set_column(table.schema.get_field_index("face_found"), "face_found", pa.array([False] * len(table)))
+    pq.write_table(table, faceless)
+    stats = features.extract_features(model_path, faceless, demo.segments, tmp_path / "out.parquet", config, fold=0)
+    assert stats["frames"] == 0
+    empty = pq.read_table(tmp_path / "out.parquet")
+    assert empty.num_rows == 0 and empty.schema.field("embedding").type == pa.list_(pa.float32(), 512)
+
+
+def test_a_segment_missing_from_the_segments_table_is_an_error(demo, trained, tmp_path):
+    model_path, config = trained
+    segments = pd.read_parquet(demo.segments)
+    segments[segments["segment_id"] != 7].to_parquet(tmp_path / "segments.parquet")
+    with pytest.raises(FerseqError, match=r"segments \[7\]"):
+        features.extract_features(model_path, demo.faces["man1"], tmp_path / "segments.parquet",
+                                  tmp_path / "out.parquet", config, fold=0)
+    assert not (tmp_path / "out.parquet").exists()
+
+
+def test_one_mlflow_run_per_fold_for_the_features(demo, trained, tmp_path):
+    model_path, config = trained
+    config = {**config, "experiment": "features-test", "mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"}}
+    outputs = {video_id: tmp_path / f"{video_id}.parquet" for video_id in demo.faces}
+    for video_id in demo.faces:  # one job per video: no run each
+        features.extract_features(model_path, demo.faces[video_id], demo.segments, outputs[video_id], config, fold=0)
+    table = features.log_features_run(outputs.values(), config, fold=0, out_csv=tmp_path / "stats.csv")
+
+    (run,) = mlflow.search_runs(experiment_names=["features-test"], output_format="list")
+    assert run.data.tags["stage"] == "features" and run.data.tags["fold"] == "0"
+    frames = sum(len(face_rows(path)) for path in demo.faces.values())
+    assert run.data.metrics["frames"] == frames == table["frames"].sum()
+    assert run.data.metrics["videos"] == 3 and run.data.metrics["frames_per_second"] > 0
+    assert list(pd.read_csv(tmp_path / "stats.csv")["video_id"]) == list(demo.faces)
+    assert "features_stats.csv" in {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}

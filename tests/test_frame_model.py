@@ -1,0 +1,236 @@
+"""Frame CNN on real face crops of the demo clips: head, class weights, training loop, checkpoint, MLflow.
+
+The crops come from the real faces stage (dlib HOG + landmarks, aligned) on
+short frame ranges of the three demo videos, at 64 px; models are tiny
+(resnet18 at 32 px, legacy_xception at 64 px) so that everything runs on a CPU.
+The helpers :func:`demo_faces` and :func:`make_config` are shared with test_features.py.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from unittest import mock
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import timm
+import torch
+import yaml
+
+from conftest import CLASSES, DEMO, REPO
+from ferseq import faces as faces_stage
+from ferseq import frame_model
+from ferseq.errors import ConfigError
+from ferseq.frame_model import FrameDataError, FrameModel
+
+# video_id -> (file, subject, [(segment_id, label, start, end, split)]); frames 88-95 of
+# man_after_title show the title card, so segment 11 has frames without a face.
+SEGMENTS = {
+    "woman": ("woman_sad_to_happy.mp4", "woman", [
+        (1, "sad", 0, 16, "train"), (2, "sad", 100, 112, "val"), (3, "pensive", 144, 160, "train"),
+        (4, "pensive", 200, 212, "val"), (5, "happy", 240, 256, "train"), (6, "happy", 400, 412, "val")]),
+    "man1": ("man_neutral_to_happy.mp4", "man", [
+        (7, "neutral", 0, 12, "train"), (8, "neutral", 12, 20, "val"), (9, "happy", 24, 40, "train"),
+        (10, "happy", 60, 72, "test")]),
+    "man2": ("man_after_title.mov", "man", [
+        (11, "neutral", 88, 108, "train"), (12, "neutral", 108, 116, "test"), (13, "happy", 124, 140, "val")]),
+}
+ROWS_PER_GROUP = 16  # small row groups, so that readers meet several per file
+
+
+@dataclass(frozen=True)
+class DemoFaces:
+    faces: dict[str, Path]  # video_id -> faces Parquet
+    segments: Path
+    splits: Path
+    table: pd.DataFrame  # segments joined with their split
+
+    def write_tables(self, folder: Path, table: pd.DataFrame) -> tuple[Path, Path]:
+        """A segments and a splits file for a variant of :attr:`table`."""
+        folder.mkdir(parents=True, exist_ok=True)
+        table.drop(columns=["split"]).to_parquet(folder / "segments.parquet")
+        splits = table[["segment_id", "video_id", "subject", "label", "split"]].assign(fold=0, unit="segment")
+        splits.to_parquet(folder / "splits.parquet")
+        return folder / "segments.parquet", folder / "splits.parquet"
+
+
+@functools.cache
+def demo_faces(root: Path) -> DemoFaces:
+    """Faces files (64 px crops) of short ranges of the demo clips, with segments and fold-0 splits; built once."""
+    rows = []
+    faces = {}
+    cfg = {**faces_stage.DEFAULTS, "crop_size": 64}
+    for video_id, (file, subject, segments) in SEGMENTS.items():
+        table = pd.DataFrame([s[:4] for s in segments], columns=["segment_id", "label", "start", "end"])
+        faces[video_id] = root / "faces" / f"{video_id}.parquet"
+        with mock.patch.object(faces_stage, "ROWS_PER_GROUP", ROWS_PER_GROUP):
+            faces_stage.extract_faces(DEMO / "videos" / file, table, cfg, faces[video_id],
+                                      root / "faces" / f"{video_id}.qc.csv")
+        rows += [{"segment_id": sid, "row": sid, "video": file, "video_id": video_id, "subject": subject, "group": None,
+                  "raw_label": label, "label": label, "start": start, "end": end, "frames": end - start, "split": split}
+                 for sid, label, start, end, split in segments]
+    table = pd.DataFrame(rows)
+    demo = DemoFaces(faces, root / "segments.parquet", root / "splits.parquet", table)
+    demo.write_tables(root, table)
+    return demo
+
+
+def make_config(tmp_path: Path, **frame_model_cfg) -> dict:
+    """A full config: tiny resnet18 by default, MLflow in a sqlite file under ``tmp_path``."""
+    cfg = {"backbone": "resnet18", "input_size": 32, "epochs": 2, "patience": 5, "lr": 1e-3, "batch_size": 16,
+           "dropout": 0.2, "augment": False, "num_workers": 0, "inference_batch_size": 32}
+    return {"experiment": "frame-test", "seed": 3, "classes": CLASSES,
+            "mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "artifact_location": None},
+            "frame_model": {**cfg, **frame_model_cfg}}
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory) -> DemoFaces:
+    return demo_faces(tmp_path_factory.getbasetemp() / "demo_faces")
+
+
+def train(demo: DemoFaces, folder: Path, config: dict, segments: Path | None = None, splits: Path | None = None) -> dict:
+    return frame_model.train_frame_model(demo.faces, segments or demo.segments, splits or demo.splits, 0, config,
+                                         folder / "model.pt", folder / "metrics.csv")
+
+
+def test_package_defaults_are_the_schema_defaults():
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    props = schema["properties"]["frame_model"]["properties"]
+    assert frame_model.DEFAULTS == {key: spec["default"] for key, spec in props.items()}
+
+
+def test_head_gives_the_fc512_embedding_and_class_logits():
+    model = FrameModel("resnet18", CLASSES["names"], input_size=32).eval()
+    assert [layer.out_features for layer in model.fc] == [1024, 512, 256]
+    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    embedding, logits = model.embed(images)
+    assert embedding.shape == (3, 512) and logits.shape == (3, 4) and model.embedding_dim == 512
+    assert (embedding >= 0).all()  # taken after the ReLU
+    assert torch.allclose(logits, model(images))
+    # Normalisation comes from the backbone's pretrained config (ImageNet mean/std for resnet18).
+    assert model.arch["mean"] == pytest.approx(list(timm.create_model("resnet18").pretrained_cfg["mean"]))
+    with pytest.raises(ConfigError, match="frame_model.embedding_layer"):
+        FrameModel("resnet18", CLASSES["names"], embedding_layer=3)
+    with pytest.raises(ConfigError, match="frame_model.backbone"):
+        FrameModel("no_such_net", CLASSES["names"])
+
+
+def test_class_weights_are_inverse_frequency_and_name_an_absent_class():
+    counts = np.array([10, 30, 20, 40])
+    weights = frame_model.class_weights(counts, CLASSES["names"])
+    assert torch.allclose(weights, torch.tensor([100 / 40, 100 / 120, 100 / 80, 100 / 160]))
+    assert float((weights * torch.tensor(counts, dtype=torch.float32)).sum()) == pytest.approx(100)
+    with pytest.raises(FrameDataError, match="sad"):
+        frame_model.class_weights(np.array([10, 30, 0, 40]), CLASSES["names"])
+
+
+def test_fold_frames_take_face_frames_of_train_and_val_with_stride(demo):
+    all_frames = frame_model.fold_frames(demo.faces, demo.segments, demo.splits, 0, CLASSES["names"])
+    strided = frame_model.fold_frames(demo.faces, demo.segments, demo.splits, 0, CLASSES["names"], stride=3)
+    found = pd.concat([pd.read_parquet(p, columns=["segment_id", "face_found"]) for p in demo.faces.values()])
+    per_segment = found[found["face_found"]].groupby("segment_id").size()
+    split_of = demo.table.set_index("segment_id")["split"]
+    for split in ("train", "val"):
+        mine = per_segment[split_of[per_segment.index] == split]
+        assert len(all_frames[split][1]) == mine.sum()
+        assert len(strided[split][1]) == sum(-(-n // 3) for n in mine)  # ceil(n / 3) per segment
+    # Segment 11 (train) starts on the title card: its faceless frames are not training frames.
+    assert per_segment[11] < 20
+    names = CLASSES["names"]
+    train_labels = demo.table[demo.table["split"] == "train"].set_index("segment_id")["label"]
+    expected = np.bincount([names.index(train_labels[s]) for s in per_segment.index if s in train_labels.index
+                            for _ in range(per_segment[s])], minlength=4)
+    assert (np.bincount(all_frames["train"][1], minlength=4) == expected).all()
+
+
+def test_training_lowers_the_loss_and_checkpoints_the_best_epoch(demo, tmp_path):
+    """legacy_xception (the reference backbone) at 64 px: the loop, model.pt, metrics CSV and MLflow run."""
+    config = make_config(tmp_path, backbone="legacy_xception", input_size=64, epochs=3)
+    result = train(demo, tmp_path, config)
+    history = pd.read_csv(tmp_path / "metrics.csv")
+    assert list(history.columns) == ["epoch", "train_loss", "val_loss", "val_macro_f1", "seconds"]
+    assert len(history) == 3 and history["train_loss"].iloc[-1] < 0.9 * history["train_loss"].iloc[0]
+    best = history.loc[history["val_loss"].idxmin()]
+    assert result["best_epoch"] == best["epoch"] and result["val_loss"] == pytest.approx(best["val_loss"])
+
+    checkpoint = frame_model.read_checkpoint(tmp_path / "model.pt")
+    assert checkpoint["arch"]["backbone"] == "legacy_xception" and checkpoint["arch"]["classes"] == CLASSES["names"]
+    assert checkpoint["arch"]["input_size"] == 64 and checkpoint["arch"]["fc"] == [1024, 512, 256]
+    assert checkpoint["arch"]["mean"] == [0.5, 0.5, 0.5]  # legacy_xception's own normalisation
+    assert checkpoint["best_epoch"] == best["epoch"]
+    _, train_labels = frame_model.fold_frames(demo.faces, demo.segments, demo.splits, 0, CLASSES["names"])["train"]
+    train_counts = np.bincount(train_labels)
+    assert checkpoint["class_weights"] == pytest.approx(frame_model.class_weights(train_counts, CLASSES["names"]).tolist())
+    model = frame_model.load_frame_model(tmp_path / "model.pt", "cpu")
+    assert not model.training and model.input_size == 64
+
+    (run,) = mlflow.search_runs(experiment_names=["frame-test"], output_format="list")
+    assert run.data.tags["stage"] == "frame_model" and run.data.tags["fold"] == "0"
+    assert run.data.params["frame_model.backbone"] == "legacy_xception"
+    assert float(run.data.params["class_weight.sad"]) == pytest.approx(checkpoint["class_weights"][2], rel=1e-4)
+    client = mlflow.MlflowClient()
+    logged = [m.value for m in client.get_metric_history(run.info.run_id, "train_loss")]
+    assert logged == pytest.approx(history["train_loss"].tolist())
+    assert run.data.metrics["best_epoch"] == best["epoch"]
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"model.pt", "metrics.csv", "config.json"}
+
+
+def test_early_stopping_stops_after_patience(demo, tmp_path):
+    # Val labels shifted by one class: the better the model fits train, the worse the val loss.
+    names = CLASSES["names"]
+    table = demo.table.copy()
+    val = table["split"] == "val"
+    table.loc[val, "label"] = table.loc[val, "label"].map(lambda name: names[(names.index(name) + 1) % 4])
+    segments, splits = demo.write_tables(tmp_path / "data", table)
+    result = train(demo, tmp_path, make_config(tmp_path, epochs=20, patience=2, lr=3e-3), segments, splits)
+    assert result["epochs_run"] == result["best_epoch"] + 2 < 20
+    assert len(pd.read_csv(tmp_path / "metrics.csv")) == result["epochs_run"]
+
+
+def test_same_seed_same_training_with_workers_and_augmentation(demo, tmp_path):
+    config = make_config(tmp_path, epochs=2, augment=True, num_workers=2, frame_stride=2)
+    a = train(demo, tmp_path / "a", config)
+    b = train(demo, tmp_path / "b", config)
+    assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
+    state_a = frame_model.read_checkpoint(tmp_path / "a" / "model.pt")["state_dict"]
+    state_b = frame_model.read_checkpoint(tmp_path / "b" / "model.pt")["state_dict"]
+    assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+
+
+def test_a_class_without_train_frames_is_an_error_naming_it(demo, tmp_path):
+    table = demo.table.copy()
+    table.loc[table["label"] == "pensive", "split"] = "val"
+    segments, splits = demo.write_tables(tmp_path / "data", table)
+    with pytest.raises(FrameDataError, match="fold 0: class.*pensive"):
+        train(demo, tmp_path, make_config(tmp_path), segments, splits)
+    assert not (tmp_path / "model.pt").exists()
+
+
+def test_pretrained_checkpoint_is_loaded_into_the_backbone(tmp_path):
+    source = timm.create_model("resnet18", pretrained=False)  # with its 1000-class fc, as downloaded weights are
+    torch.save(source.state_dict(), tmp_path / "resnet18.pth")
+    model = FrameModel("resnet18", CLASSES["names"], pretrained=str(tmp_path / "resnet18.pth"))
+    assert torch.equal(model.backbone.conv1.weight, source.conv1.weight)
+    # A ferseq model.pt works too (its backbone weights are under "backbone.").
+    frame_model.save_checkpoint(tmp_path / "model.pt", model)
+    again = FrameModel("resnet18", CLASSES["names"], pretrained=str(tmp_path / "model.pt"))
+    assert torch.equal(again.backbone.layer4[1].conv2.weight, source.layer4[1].conv2.weight)
+
+    with pytest.raises(ConfigError, match="frame_model.pretrained.*does not exist"):
+        FrameModel("resnet18", CLASSES["names"], pretrained=str(tmp_path / "missing.pth"))
+    with pytest.raises(ConfigError, match="frame_model.pretrained.*does not fit backbone resnet34"):
+        FrameModel("resnet34", CLASSES["names"], pretrained=str(tmp_path / "resnet18.pth"))
+    (tmp_path / "junk.pth").write_text("not a checkpoint")
+    with pytest.raises(ConfigError, match="frame_model.pretrained.*cannot be read"):
+        FrameModel("resnet18", CLASSES["names"], pretrained=str(tmp_path / "junk.pth"))
+
+
+def test_a_last_batch_of_one_frame_is_dropped(demo, tmp_path):
+    # 88 train frames in batches of 29 leave one: BatchNorm cannot train on one 1x1 feature map (resnet18 at 32 px).
+    result = train(demo, tmp_path, make_config(tmp_path, epochs=1, batch_size=29))
+    assert result["epochs_run"] == 1 and np.isfinite(result["history"][0]["train_loss"])

@@ -1,0 +1,104 @@
+"""Window cutting on constructed segments, with exact expected counts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ferseq import windows
+
+
+def features_for(spans: list[tuple[int, int, int]], missing: set[int] = frozenset(), dim: int = 4, classes: int = 2):
+    """Feature rows for (segment_id, start, end) spans, shuffled; each embedding encodes its frame number."""
+    rows = [(segment_id, frame) for segment_id, start, end in spans for frame in range(start, end) if frame not in missing]
+    rows = [rows[i] for i in np.random.default_rng(0).permutation(len(rows))]  # cutting must not rely on row order
+    table = pd.DataFrame(rows, columns=["segment_id", "frame"]).assign(video_id="v")
+    embeddings = np.repeat(table["frame"].to_numpy(np.float32)[:, None], dim, axis=1)
+    probs = np.full((len(table), classes), 1 / classes, np.float32)
+    return table, embeddings, probs
+
+
+SEGMENTS = pd.DataFrame([
+    {"segment_id": 1, "video_id": "v", "subject": "s", "label": "happy", "start": 0, "end": 40},
+    {"segment_id": 2, "video_id": "v", "subject": "s", "label": "sad", "start": 40, "end": 71},
+    {"segment_id": 3, "video_id": "v", "subject": "s", "label": "sad", "start": 80, "end": 90},  # shorter than 16
+])
+FEATURES = features_for([(1, 0, 40), (2, 40, 71), (3, 80, 90)])
+
+
+def test_stride_and_starts():
+    assert windows.stride(16, 0.0) == 16 and windows.stride(16, 0.5) == 8 and windows.stride(16, 0.3) == 11
+    assert windows.starts(40, 16, 16) == [0, 16]
+    assert windows.starts(40, 16, 8) == [0, 8, 16, 24]
+    assert windows.starts(15, 16, 16) == []
+
+
+def test_no_overlap_counts_and_boundaries():
+    table, emb, probs = windows.cut(*FEATURES, SEGMENTS, 16, {})
+    assert table.groupby("segment_id").size().to_dict() == {1: 2, 2: 1}
+    assert emb.shape == (3, 16, 4) and probs.shape == (3, 16, 2)
+    bounds = SEGMENTS.set_index("segment_id")
+    for w in table.itertuples():
+        assert bounds.at[w.segment_id, "start"] <= w.first_frame and w.last_frame < bounds.at[w.segment_id, "end"]
+    # Each window holds its own consecutive frames.
+    assert emb[0, :, 0].tolist() == list(range(0, 16)) and emb[1, :, 0].tolist() == list(range(16, 32))
+    assert emb[2, :, 0].tolist() == list(range(40, 56))
+
+
+def test_class_overlap_applies_to_its_class_only():
+    table, _, _ = windows.cut(*FEATURES, SEGMENTS, 16, {"happy": 0.5})
+    assert table.groupby("segment_id").size().to_dict() == {1: 4, 2: 1}
+    assert table[table.segment_id == 1]["first_frame"].tolist() == [0, 8, 16, 24]
+    table, _, _ = windows.cut(*FEATURES, SEGMENTS, 16, {"happy": 0.5, "sad": 0.3})
+    assert table[table.segment_id == 2]["first_frame"].tolist() == [0 + 40, 11 + 40]
+
+
+def test_missing_faces_drop_or_repeat():
+    features = features_for([(1, 0, 40)], missing={10, 11, 12, 13})
+    table, emb, _ = windows.cut(*features, SEGMENTS[:1], 16, {"happy": 0.5}, policy="drop")
+    assert table["first_frame"].tolist() == [0, 8, 20]  # 36 face frames: positions 0, 8, 16 = frames 0, 8, 20
+    assert 10 not in emb[0, :, 0]
+    table, emb, _ = windows.cut(*features, SEGMENTS[:1], 16, {"happy": 0.5}, policy="repeat")
+    assert table["first_frame"].tolist() == [0, 8, 16, 24]
+    assert emb[0, 9:15, 0].tolist() == [9, 9, 9, 9, 9, 14]  # frames 10-13 repeat frame 9
+    leading = features_for([(1, 0, 40)], missing={0, 1, 2})
+    _, emb, _ = windows.cut(*leading, SEGMENTS[:1], 16, {}, policy="repeat")
+    assert emb[0, :4, 0].tolist() == [3, 3, 3, 3]  # a leading gap takes the first face frame
+
+
+def test_segment_without_faces_gives_no_window():
+    table, emb, _ = windows.cut(*features_for([(2, 40, 71)]), SEGMENTS[:1], 16, {})
+    assert table.empty and emb.shape == (0, 16, 4)
+
+
+def test_write_read_round_trip_and_stage_counts(tmp_path):
+    table, emb, probs = windows.cut(*FEATURES, SEGMENTS, 16, {"happy": 0.5})
+    windows.write(tmp_path / "w.parquet", table, emb, probs)
+    back, emb2, probs2 = windows.read(tmp_path / "w.parquet")
+    pd.testing.assert_frame_equal(back, table)
+    assert np.array_equal(emb, emb2) and np.array_equal(probs, probs2)
+
+    frames, embeddings, probs = FEATURES
+    pd.DataFrame({"video_id": "v", "frame": frames["frame"], "segment_id": frames["segment_id"], "label": "x",
+                  "embedding": list(embeddings), "probs": list(probs)}).to_parquet(tmp_path / "v.parquet")
+    SEGMENTS.assign(frames=SEGMENTS.end - SEGMENTS.start).to_parquet(tmp_path / "segments.parquet")
+    splits = pd.DataFrame({"fold": 0, "segment_id": [1, 2, 3], "split": ["train", "test", "val"]})
+    splits.to_parquet(tmp_path / "splits.parquet")
+    # Segment 1 (happy) in test would keep its 2 disjoint windows; in train it gets 4 with overlap 0.5.
+    counts = windows.write_windows([tmp_path / "v.parquet"], tmp_path / "segments.parquet", tmp_path / "splits.parquet",
+                                   0, 16, {"happy": 0.5, "sad": 0.3}, "repeat",
+                                   {s: tmp_path / "out" / f"{s}.parquet" for s in ("train", "val", "test")},
+                                   tmp_path / "counts.csv", ["happy", "sad"])
+    got = counts.set_index(["split", "label"])["windows"].to_dict()
+    assert got[("train", "happy")] == 4 and got[("test", "sad")] == 1  # no overlap in test, even for sad (0.3)
+    assert got[("val", "sad")] == 0
+    test_table, _, _ = windows.read(tmp_path / "out" / "test.parquet")
+    assert test_table["first_frame"].tolist() == [40]
+    val_table, val_emb, _ = windows.read(tmp_path / "out" / "val.parquet")
+    assert val_table.empty and val_emb.shape == (0, 16, 4)
+
+
+def test_unknown_policy_is_an_error():
+    with pytest.raises(ValueError, match="missing_face"):
+        windows.segment_frames(0, 10, np.arange(10), "interpolate")

@@ -1,0 +1,61 @@
+rule evaluate:
+    input:
+        test="results/folds/{fold}/windows/test.parquet",
+        best="results/folds/{fold}/sequence_model/best.json",
+    output:
+        tables=expand(
+            "results/folds/{{fold}}/evaluation/{method}.csv", method=EVAL_METHODS
+        ),
+        plots=report(
+            expand(
+                "results/folds/{{fold}}/evaluation/{method}.png", method=EVAL_METHODS
+            ),
+            caption="../report/confusion.rst",
+            category="Evaluation",
+            subcategory="fold {fold}",
+        ),
+    log:
+        "results/logs/folds/{fold}/evaluate.log",
+    benchmark:
+        "results/benchmarks/folds/{fold}/evaluate.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../../envs/ferseq.yaml"
+    script:
+        "../scripts/evaluate.py"
+
+
+rule summary:
+    input:
+        tables=expand(
+            "results/folds/{fold}/evaluation/{method}.csv",
+            fold=FOLDS,
+            method=EVAL_METHODS,
+        ),
+        splits="results/data/split_summary.csv",
+    output:
+        csv=report(
+            "results/evaluation/summary.csv",
+            caption="../report/summary.rst",
+            category="Evaluation",
+        ),
+        md=report(
+            "results/evaluation/summary.md",
+            caption="../report/summary.rst",
+            category="Evaluation",
+        ),
+    log:
+        "results/logs/evaluation/summary.log",
+    benchmark:
+        "results/benchmarks/evaluation/summary.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../../envs/ferseq.yaml"
+    script:
+        "../scripts/summary.py"

@@ -1,0 +1,34 @@
+rule windows:
+    input:
+        features=lambda w: expand(
+            "results/folds/{fold}/features/{video}.parquet", fold=w.fold, video=videos()
+        ),
+        segments="results/data/segments.parquet",
+        splits="results/data/splits.parquet",
+    output:
+        train="results/folds/{fold}/windows/train.parquet",
+        val="results/folds/{fold}/windows/val.parquet",
+        test="results/folds/{fold}/windows/test.parquet",
+        counts=report(
+            "results/folds/{fold}/windows/counts.csv",
+            caption="../report/window_counts.rst",
+            category="Windows",
+            subcategory="fold {fold}",
+        ),
+    params:
+        length=config["windows"]["length"],
+        overlap=config["windows"]["overlap"],
+        missing_face=config["faces"]["missing_face"],
+        classes=config["classes"]["names"],
+    log:
+        "results/logs/folds/{fold}/windows.log",
+    benchmark:
+        "results/benchmarks/folds/{fold}/windows.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../../envs/ferseq.yaml"
+    script:
+        "../scripts/windows.py"

@@ -1,0 +1,5 @@
+"""Rule open_search: the fold's parent MLflow run, under which every grid point logs a child run."""
+from ferseq import logs, search
+
+with logs.step(snakemake.log[0]):
+    search.open_search(snakemake.config, int(snakemake.wildcards.fold), snakemake.output[0])
