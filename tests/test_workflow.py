@@ -6,6 +6,8 @@ import json
 
 import mlflow
 import pandas as pd
+import pytest
+import torch
 import pyarrow.parquet as pq
 import yaml
 
@@ -57,6 +59,10 @@ def test_demo_dag_from_raw_videos_to_summary_then_nothing_to_do(tmp_path):
     tables = {m: pd.read_csv(results / f"folds/0/evaluation/{m}.csv").set_index("class") for m in ("per_frame", "aggregation", "cnn_lstm")}
     assert tables["aggregation"].at["accuracy", "support"] == tables["cnn_lstm"].at["accuracy", "support"] == len(test_windows)
     assert tables["per_frame"].at["accuracy", "support"] == 16 * len(test_windows)
+    # The grid points really trained on the demo windows: the training loss went down.
+    for point in results.glob("folds/0/sequence_model/*/*.pt"):
+        history = torch.load(point, weights_only=False)["history"]
+        assert history[-1]["train_loss"] < history[0]["train_loss"], point
     summary = (results / "evaluation/summary.md").read_text()
     assert "CNN-LSTM" in summary and "Identity leaks across splits" in summary and "private" in summary
 
@@ -72,6 +78,21 @@ def test_demo_dag_from_raw_videos_to_summary_then_nothing_to_do(tmp_path):
     report = run_snakemake(tmp_path, "--configfile", str(config), "--report", str(results / "report.html"))
     assert report.returncode == 0, report.stdout[-2000:] + report.stderr[-2000:]
     assert (results / "report.html").stat().st_size > 100_000
+
+
+@pytest.mark.parametrize("scheme,folds", [("holdout", 1), ("kfold", 3)])
+def test_grid_expands_to_one_job_per_point_and_fold(tmp_path, scheme, folds):
+    grid = {"architectures": ["lstm", "lstm2", "bilstm"], "lr": [0.01, 0.001], "hidden": [32], "dropout": [0.4, 0.6]}
+    config = write_config(tmp_path / "config.yaml", sequence_model=grid, split={"unit": "segment", "scheme": scheme, "k": 3})
+    done = run_snakemake(tmp_path, "--configfile", str(config), "-n")
+    assert done.returncode == 0, done.stdout[-2000:]
+    jobs = dict(line.split() for line in done.stdout.splitlines()
+                if len(line.split()) == 2 and line.split()[1].isdigit())
+    assert int(jobs["sequence_model"]) == 12 * folds  # 3 architectures x 2 lr x 1 hidden x 2 dropout
+    assert int(jobs["select_sequence_model"]) == int(jobs["frame_model"]) == int(jobs["evaluate"]) == folds
+    assert int(jobs["features"]) == 3 * folds and int(jobs["faces"]) == 3
+    for arch, name in [("lstm2", "lr0.001_h32_d0.6"), ("bilstm", "lr0.01_h32_d0.4")]:
+        assert f"results/folds/0/sequence_model/{arch}/{name}.pt" in done.stdout
 
 
 def test_lint_is_clean():
