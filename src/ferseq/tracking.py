@@ -46,6 +46,11 @@ def _sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///"):])
 
 
+def is_local_store(config: dict[str, Any]) -> bool:
+    """Whether the config tracks into a local sqlite file (fine on one machine, unsafe from many nodes)."""
+    return _sqlite_path(config.get("mlflow", {}).get("tracking_uri", DEFAULT_URI)) is not None
+
+
 def _artifact_location(mlflow_cfg: dict[str, Any]) -> str | None:
     configured = mlflow_cfg.get("artifact_location")
     if configured:
