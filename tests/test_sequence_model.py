@@ -67,10 +67,18 @@ def test_same_seed_same_result():
     assert [h["val_loss"] for h in a.history] == [h["val_loss"] for h in b.history]
 
 
-def test_grid_expands_every_point():
-    cfg = {"architectures": ["lstm", "bilstm"], "lr": [0.01, 0.001], "hidden": [64], "dropout": [0.5, 0.4]}
+def test_grid_expands_every_point_and_cuts_it_into_jobs():
+    cfg = {"architectures": ["lstm", "bilstm"], "lr": [0.01, 0.001], "hidden": [64, 32], "dropout": [0.5, 0.4]}
     points = grid.grid(cfg)
-    assert len(points) == 8 and ("bilstm", "lr0.001_h64_d0.4") in points
+    assert len(points) == len(set(points)) == 16 and ("bilstm", "lr0.001_h32_d0.4") in points
+    assert grid.jobs(cfg) == [("lstm", 64), ("lstm", 32), ("bilstm", 64), ("bilstm", 32)]
+    outputs = grid.job_outputs(cfg, "f{{fold}}/{{arch}}/{point}.pt")
+    assert outputs == ["f{fold}/{arch}/lr0.01_h{hidden}_d0.5.pt", "f{fold}/{arch}/lr0.01_h{hidden}_d0.4.pt",
+                       "f{fold}/{arch}/lr0.001_h{hidden}_d0.5.pt", "f{fold}/{arch}/lr0.001_h{hidden}_d0.4.pt"]
+    # Every point belongs to exactly one job's outputs.
+    filled = {(arch, o.format(fold=0, arch=arch, hidden=h).split("/")[-1][:-3])
+              for arch, h in grid.jobs(cfg) for o in outputs}
+    assert filled == set(points)
 
 
 def test_grid_point_and_selection_log_to_mlflow(tmp_path):
@@ -87,11 +95,12 @@ def test_grid_point_and_selection_log_to_mlflow(tmp_path):
               "sequence_model": {"architectures": ["lstm"], "lr": [0.01, 0.1], "hidden": [8], "dropout": [0.5],
                                  "epochs": 4, "patience": 2, "batch_size": 8}}
     parent = search.open_search(config, 0, tmp_path / "run_id.txt")
-    files = []
-    for lr in (0.01, 0.1):
-        stem = tmp_path / "lstm" / grid.point_name(lr, 8, 0.5)
-        search.run_point(tmp_path / "w", "lstm", lr, 8, 0.5, config, 0, parent, f"{stem}.pt", f"{stem}.json")
-        files.append(f"{stem}.json")
+    # One job: both lr points of (lstm, hidden 8), the windows read once.
+    points = grid.job_points(config["sequence_model"])
+    stems = [tmp_path / "lstm" / grid.point_name(lr, 8, dropout) for lr, dropout in points]
+    search.run_points(tmp_path / "w", "lstm", 8, points, config, 0, parent,
+                      [f"{s}.pt" for s in stems], [f"{s}.json" for s in stems])
+    files = [f"{s}.json" for s in stems]
     best = search.select(files, config, 0, parent, tmp_path / "best.json")
     scores = [json.loads(open(f).read()) for f in files]
     assert best["val_macro_f1"] == max(s["val_macro_f1"] for s in scores)

@@ -81,17 +81,17 @@ def test_demo_dag_from_raw_videos_to_summary_then_nothing_to_do(tmp_path):
 
 
 @pytest.mark.parametrize("scheme,folds", [("holdout", 1), ("kfold", 3)])
-def test_grid_expands_to_one_job_per_point_and_fold(tmp_path, scheme, folds):
-    grid = {"architectures": ["lstm", "lstm2", "bilstm"], "lr": [0.01, 0.001], "hidden": [32], "dropout": [0.4, 0.6]}
+def test_grid_expands_to_one_job_per_architecture_hidden_size_and_fold(tmp_path, scheme, folds):
+    grid = {"architectures": ["lstm", "lstm2", "bilstm"], "lr": [0.01, 0.001], "hidden": [32, 16], "dropout": [0.4, 0.6]}
     config = write_config(tmp_path / "config.yaml", sequence_model=grid, split={"unit": "segment", "scheme": scheme, "k": 3})
     done = run_snakemake(tmp_path, "--configfile", str(config), "-n")
     assert done.returncode == 0, done.stdout[-2000:]
     jobs = dict(line.split() for line in done.stdout.splitlines()
                 if len(line.split()) == 2 and line.split()[1].isdigit())
-    assert int(jobs["sequence_model"]) == 12 * folds  # 3 architectures x 2 lr x 1 hidden x 2 dropout
+    assert int(jobs["sequence_model"]) == 6 * folds  # 3 architectures x 2 hidden, each job 2 lr x 2 dropout points
     assert int(jobs["select_sequence_model"]) == int(jobs["frame_model"]) == int(jobs["evaluate"]) == folds
     assert int(jobs["features"]) == 3 * folds and int(jobs["faces"]) == 3
-    for arch, name in [("lstm2", "lr0.001_h32_d0.6"), ("bilstm", "lr0.01_h32_d0.4")]:
+    for arch, name in [("lstm2", "lr0.001_h32_d0.6"), ("bilstm", "lr0.01_h16_d0.4")]:
         assert f"results/folds/0/sequence_model/{arch}/{name}.pt" in done.stdout
 
 

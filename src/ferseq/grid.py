@@ -1,4 +1,9 @@
-"""The sequence-model grid: its points and their file names (no torch here: the DAG is built from it)."""
+"""The sequence-model grid: its points, their file names and how they are cut into jobs.
+
+No torch here: the DAG is built from it. One job trains every (lr, dropout) point
+of one architecture and hidden size, so a job's start-up (Python, torch, MLflow,
+reading the windows) is paid once for those points instead of once per point.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ import itertools
 from typing import Any
 
 
-def point_name(lr: float, hidden: int, dropout: float) -> str:
+def point_name(lr: float, hidden: int | str, dropout: float) -> str:
     """File stem of a grid point, e.g. ``lr0.001_h64_d0.5``."""
     return f"lr{lr:g}_h{hidden}_d{dropout:g}"
 
@@ -14,4 +19,23 @@ def point_name(lr: float, hidden: int, dropout: float) -> str:
 def grid(cfg: dict[str, Any]) -> list[tuple[str, str]]:
     """``(arch, point_name)`` for every point of the ``sequence_model`` grid."""
     return [(arch, point_name(lr, hidden, dropout))
-            for arch, lr, hidden, dropout in itertools.product(cfg["architectures"], cfg["lr"], cfg["hidden"], cfg["dropout"])]
+            for arch, hidden in jobs(cfg) for lr, dropout in job_points(cfg)]
+
+
+def jobs(cfg: dict[str, Any]) -> list[tuple[str, int]]:
+    """``(arch, hidden)`` of every grid job."""
+    return list(itertools.product(cfg["architectures"], cfg["hidden"]))
+
+
+def job_points(cfg: dict[str, Any]) -> list[tuple[float, float]]:
+    """``(lr, dropout)`` of the points each grid job trains, in order."""
+    return list(itertools.product(cfg["lr"], cfg["dropout"]))
+
+
+def job_outputs(cfg: dict[str, Any], pattern: str) -> list[str]:
+    """One path per point of a job: ``pattern`` with ``{point}`` filled and the job's wildcards kept.
+
+    ``pattern`` uses ``{{hidden}}``-style wildcards (doubled braces) and ``{point}``,
+    e.g. ``results/folds/{{fold}}/sequence_model/{{arch}}/{point}.pt``.
+    """
+    return [pattern.format(point=point_name(lr, "{hidden}", dropout)) for lr, dropout in job_points(cfg)]

@@ -1,4 +1,4 @@
-"""Grid search over sequence models, one DAG job per grid point, and the selection of the best.
+"""Grid search over sequence models (one DAG job per architecture and hidden size), and the selection of the best.
 
 MLflow: each fold's search is a parent run (opened by :func:`open_search`),
 each grid point a child run, and :func:`select` records the choice on the parent.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -39,16 +39,31 @@ def open_search(config: dict[str, Any], fold: int, out_run_id: str | Path) -> st
     return run.info.run_id
 
 
-def run_point(windows_dir: str | Path, arch: str, lr: float, hidden: int, dropout: float, config: dict[str, Any],
-              fold: int, parent_run_id: str, out_model: str | Path, out_metrics: str | Path) -> dict[str, Any]:
-    """Train one grid point on the fold's train windows, early-stopped on val; write the model and its val metrics."""
+def run_points(windows_dir: str | Path, arch: str, hidden: int, points: Sequence[tuple[float, float]],
+               config: dict[str, Any], fold: int, parent_run_id: str, out_models: Sequence[str | Path],
+               out_metrics: Sequence[str | Path]) -> list[dict[str, Any]]:
+    """Train the ``(lr, dropout)`` points of one architecture and hidden size on a fold's windows, read once.
+
+    Each point is early-stopped on val and writes its model and val metrics to
+    the matching entries of ``out_models`` and ``out_metrics``.
+    """
+    classes = config["classes"]["names"]
+    train = load_split(Path(windows_dir) / "train.parquet", classes)
+    val = load_split(Path(windows_dir) / "val.parquet", classes)
+    if len(train[0]) == 0:
+        raise ValueError(f"fold {fold}: no train windows in {windows_dir}")
+    return [train_point(train, val, arch, lr, hidden, dropout, config, fold, parent_run_id, model, metrics)
+            for (lr, dropout), model, metrics in zip(points, out_models, out_metrics, strict=True)]
+
+
+def train_point(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], arch: str, lr: float,
+                hidden: int, dropout: float, config: dict[str, Any], fold: int, parent_run_id: str,
+                out_model: str | Path, out_metrics: str | Path) -> dict[str, Any]:
+    """Train one grid point as a child run of the fold's search; write its model and val metrics."""
     import mlflow
 
     cfg, classes = config["sequence_model"], config["classes"]["names"]
-    train_x, train_y = load_split(Path(windows_dir) / "train.parquet", classes)
-    val_x, val_y = load_split(Path(windows_dir) / "val.parquet", classes)
-    if len(train_x) == 0:
-        raise ValueError(f"fold {fold}: no train windows in {windows_dir}")
+    (train_x, train_y), (val_x, val_y) = train, val
     params = {"arch": arch, "lr": lr, "hidden": hidden, "dropout": dropout}
     with tracking.start_run(config, "sequence_model", fold=fold, run_name=f"{arch}-{point_name(lr, hidden, dropout)}",
                             parent_run_id=parent_run_id) as run:
@@ -57,8 +72,8 @@ def run_point(windows_dir: str | Path, arch: str, lr: float, hidden: int, dropou
 
         def on_epoch(m: dict) -> None:
             mlflow.log_metrics({k: m[k] for k in ("train_loss", "val_loss", "val_macro_f1")}, step=m["epoch"])
-            log.info("epoch %d: train loss %.4f, val loss %.4f, val macro F1 %.3f",
-                     m["epoch"], m["train_loss"], m["val_loss"], m["val_macro_f1"])
+            log.info("%s %s epoch %d: train loss %.4f, val loss %.4f, val macro F1 %.3f", arch,
+                     point_name(lr, hidden, dropout), m["epoch"], m["train_loss"], m["val_loss"], m["val_macro_f1"])
 
         result = sequence_model.train(train_x, train_y, val_x, val_y, arch=arch, lr=lr, hidden=hidden, dropout=dropout,
                                       num_classes=len(classes), epochs=cfg["epochs"], patience=cfg["patience"],

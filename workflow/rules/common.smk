@@ -10,7 +10,7 @@ from snakemake.utils import validate
 import ferseq.config
 import ferseq.tracking
 from ferseq.annotations import planned_videos
-from ferseq.grid import grid
+from ferseq.grid import grid, job_outputs, job_points
 
 
 SCHEMAS = Path(workflow.basedir) / "workflow" / "schemas"
@@ -91,6 +91,4 @@ def final_outputs(wildcards):
 wildcard_constraints:
     fold=r"\d+",
     arch="|".join(config["sequence_model"]["architectures"]),
-    lr=r"[0-9.e+-]+",
     hidden=r"\d+",
-    dropout=r"[0-9.]+",

@@ -18,25 +18,35 @@ rule open_search:
         "../scripts/open_search.py"
 
 
+# One job per fold, architecture and hidden size trains all its (lr, dropout) points in one
+# process: the windows are read and Python, torch and MLflow start once for those points.
 rule sequence_model:
     input:
         train="results/folds/{fold}/windows/train.parquet",
         val="results/folds/{fold}/windows/val.parquet",
         parent="results/folds/{fold}/sequence_model/mlflow_parent_run.txt",
     output:
-        model="results/folds/{fold}/sequence_model/{arch}/lr{lr}_h{hidden}_d{dropout}.pt",
-        metrics="results/folds/{fold}/sequence_model/{arch}/lr{lr}_h{hidden}_d{dropout}.json",
+        models=job_outputs(
+            config["sequence_model"],
+            "results/folds/{{fold}}/sequence_model/{{arch}}/{point}.pt",
+        ),
+        metrics=job_outputs(
+            config["sequence_model"],
+            "results/folds/{{fold}}/sequence_model/{{arch}}/{point}.json",
+        ),
+    params:
+        points=job_points(config["sequence_model"]),
     log:
-        "results/logs/folds/{fold}/sequence_model/{arch}/lr{lr}_h{hidden}_d{dropout}.log",
+        "results/logs/folds/{fold}/sequence_model/{arch}/h{hidden}.log",
     benchmark:
-        "results/benchmarks/folds/{fold}/sequence_model/{arch}/lr{lr}_h{hidden}_d{dropout}.tsv"
-    # Grid points are small: a cluster run submits them in batches (see the slurm profile).
+        "results/benchmarks/folds/{fold}/sequence_model/{arch}/h{hidden}.tsv"
+    # A cluster run submits several of these jobs in one SLURM job (see the slurm profile).
     group:
         "sequence_grid"
     threads: 1
     resources:
         mem_mb=2000,
-        runtime=30,
+        runtime=120,
     conda:
         "../../envs/ferseq.yaml"
     script:

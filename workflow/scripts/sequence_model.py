@@ -1,4 +1,4 @@
-"""Rule sequence_model: train one grid point (architecture, lr, hidden, dropout) on a fold's windows."""
+"""Rule sequence_model: train the (lr, dropout) points of one architecture and hidden size on a fold's windows."""
 from pathlib import Path
 
 import torch
@@ -8,15 +8,14 @@ from ferseq import logs, search
 with logs.step(snakemake.log[0]):
     torch.set_num_threads(snakemake.threads)
     w = snakemake.wildcards
-    search.run_point(
+    search.run_points(
         Path(snakemake.input.train).parent,
         arch=w.arch,
-        lr=float(w.lr),
         hidden=int(w.hidden),
-        dropout=float(w.dropout),
+        points=snakemake.params.points,
         config=snakemake.config,
         fold=int(w.fold),
         parent_run_id=Path(snakemake.input.parent).read_text().strip(),
-        out_model=snakemake.output.model,
+        out_models=snakemake.output.models,
         out_metrics=snakemake.output.metrics,
     )
