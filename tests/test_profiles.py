@@ -82,7 +82,7 @@ def test_slurm_profile_dry_run_sizes_every_job(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     jobs = parse_dry_run(done.stdout)
     rules, _ = workflow_rules({})
-    assert len(jobs) == 20 and {job["rule"] for job in jobs} == {"all"} | (set(rules) - {"import_annotations"})
+    assert len(jobs) == 17 and {job["rule"] for job in jobs} == {"all"} | (set(rules) - {"import_annotations"})
     for job in jobs:
         if job["rule"] == "all":
             continue

@@ -90,7 +90,7 @@ def test_grid_expands_to_one_job_per_architecture_hidden_size_and_fold(tmp_path,
                 if len(line.split()) == 2 and line.split()[1].isdigit())
     assert int(jobs["sequence_model"]) == 6 * folds  # 3 architectures x 2 hidden, each job 2 lr x 2 dropout points
     assert int(jobs["select_sequence_model"]) == int(jobs["frame_model"]) == int(jobs["evaluate"]) == folds
-    assert int(jobs["features"]) == 3 * folds and int(jobs["faces"]) == 3
+    assert int(jobs["features"]) == folds and int(jobs["faces"]) == 3
     for arch, name in [("lstm2", "lr0.001_h32_d0.6"), ("bilstm", "lr0.01_h16_d0.4")]:
         assert f"results/folds/0/sequence_model/{arch}/{name}.pt" in done.stdout
 

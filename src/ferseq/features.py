@@ -17,7 +17,8 @@ probs        fixed_size_list<float32>[C]        softmax, in the order of ``class
 The file's key-value metadata (key ``ferseq.features``, JSON; ``pq.read_metadata(path).metadata``) names the classes, the
 backbone and the fold, and records frames, seconds and frames per second of
 the extraction. :func:`log_features_run` reads those from a fold's files and
-logs one MLflow run per fold, however many jobs wrote them.
+logs one MLflow run per fold. The workflow runs :func:`extract_fold`: one job
+per fold, the model loaded once for all videos.
 
 The faces file is read one row group at a time by DataLoader workers, which
 decode the crops while the model runs: every frame is read and decoded once,
@@ -153,6 +154,17 @@ def extract_features(model_path: str | Path, faces_parquet: str | Path, segments
                          batch_size=int(cfg["inference_batch_size"]), num_workers=int(cfg["num_workers"]))
 
 
+def extract_fold(model_path: str | Path, faces: Mapping[str, str | Path], segments_path: str | Path,
+                 out_dir: str | Path, config: Mapping[str, Any], fold: int) -> pd.DataFrame:
+    """The feature store of one fold: ``out_dir/{video}.parquet`` for every video of ``faces``
+    (video_id -> faces file), then ``out_dir/stats.csv`` and the fold's MLflow run."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    outputs = {video_id: out_dir / f"{video_id}.parquet" for video_id in faces}
+    extract_features_many(model_path, faces, segments_path, outputs, config, fold)
+    return log_features_run(outputs.values(), config, fold, out_dir / "stats.csv")
+
+
 def read_stats(path: str | Path) -> dict[str, Any]:
     """The extraction stats and model note of a feature store file (its footer only, no data read)."""
     metadata = pq.read_metadata(path).metadata or {}
@@ -165,9 +177,9 @@ def log_features_run(feature_files: Iterable[str | Path], config: Mapping[str, A
                      out_csv: str | Path | None = None) -> pd.DataFrame:
     """One MLflow run (stage ``features``) for a fold's feature files, and their stats table.
 
-    Per-video jobs do not log to MLflow (thousands of videos would make
-    thousands of runs); this reads each file's stats from its metadata and logs
-    the totals once: videos, frames, seconds, frames per second, with the
+    Videos get no run of their own (thousands of videos would make thousands
+    of runs); this reads each file's stats from its metadata and logs the
+    totals once: videos, frames, seconds, frames per second, with the
     per-video table (also written to ``out_csv``) as an artifact.
     """
     table = pd.DataFrame([read_stats(path) for path in feature_files])

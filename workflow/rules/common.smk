@@ -81,7 +81,7 @@ def final_outputs(wildcards):
         "results/data/splits.parquet",
         "results/data/split_summary.csv",
         "results/faces/qc.csv",
-        *expand("results/folds/{fold}/features/stats.csv", fold=FOLDS),
+        *expand("results/folds/{fold}/features", fold=FOLDS),
         *expand("results/folds/{fold}/windows/counts.csv", fold=FOLDS),
         "results/evaluation/summary.csv",
         "results/evaluation/summary.md",

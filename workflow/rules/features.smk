@@ -1,41 +1,27 @@
+# One job per fold: the fold's model is loaded once and run over every video's face frames,
+# writing results/folds/{fold}/features/{video}.parquet for each and stats.csv (the fold's
+# MLflow run). The folder is the job's output: any change to the set of videos changes the
+# splits and the fold's model, so per-video jobs would never rerun fewer videos, only start
+# the model (and Python) once per video.
 rule features:
     input:
         model="results/folds/{fold}/frame_model/model.pt",
-        faces="results/faces/{video}.parquet",
+        faces=lambda w: expand("results/faces/{video}.parquet", video=videos()),
         segments="results/data/segments.parquet",
     output:
-        "results/folds/{fold}/features/{video}.parquet",
+        directory("results/folds/{fold}/features"),
+    params:
+        faces=lambda w: {v: f"results/faces/{v}.parquet" for v in videos()},
     log:
-        "results/logs/folds/{fold}/features/{video}.log",
+        "results/logs/folds/{fold}/features.log",
     benchmark:
-        "results/benchmarks/folds/{fold}/features/{video}.tsv"
+        "results/benchmarks/folds/{fold}/features.tsv"
     threads: 2
     resources:
         mem_mb=4000,
-        runtime=120,
+        runtime=720,
         gpu=1,
     conda:
         "../../envs/ferseq.yaml"
     script:
         "../scripts/features.py"
-
-
-rule features_stats:
-    input:
-        lambda w: expand(
-            "results/folds/{fold}/features/{video}.parquet", fold=w.fold, video=videos()
-        ),
-    output:
-        "results/folds/{fold}/features/stats.csv",
-    log:
-        "results/logs/folds/{fold}/features/stats.log",
-    benchmark:
-        "results/benchmarks/folds/{fold}/features/stats.tsv"
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=10,
-    conda:
-        "../../envs/ferseq.yaml"
-    script:
-        "../scripts/features_stats.py"

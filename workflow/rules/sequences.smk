@@ -1,8 +1,6 @@
 rule windows:
     input:
-        features=lambda w: expand(
-            "results/folds/{fold}/features/{video}.parquet", fold=w.fold, video=videos()
-        ),
+        features="results/folds/{fold}/features",
         segments="results/data/segments.parquet",
         splits="results/data/splits.parquet",
     output:
@@ -16,6 +14,7 @@ rule windows:
             subcategory="fold {fold}",
         ),
     params:
+        features=lambda w: [f"results/folds/{w.fold}/features/{v}.parquet" for v in videos()],
         length=config["windows"]["length"],
         overlap=config["windows"]["overlap"],
         missing_face=config["faces"]["missing_face"],

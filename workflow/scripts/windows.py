@@ -3,7 +3,7 @@ from ferseq import logs, windows
 
 with logs.step(snakemake.log[0]):
     windows.write_windows(
-        snakemake.input.features,
+        snakemake.params.features,
         snakemake.input.segments,
         snakemake.input.splits,
         fold=int(snakemake.wildcards.fold),

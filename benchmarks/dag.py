@@ -1,0 +1,124 @@
+"""Snakemake overhead of the workflow: a no-op run on the finished demo, and DAG construction at scale.
+
+    python benchmarks/dag.py [--videos 5000] [--folds 10] [--repeat 3] [--skip-noop] [--skip-synthetic]
+
+1. No-op on the finished demo DAG, from the repository root (``results/`` must
+   hold a complete demo run, e.g. after ``make demo``): ``snakemake -n`` and,
+   only if that says nothing is to be done, a real ``snakemake --cores 2``
+   (which then also does nothing). Median wall time of ``--repeat`` runs each.
+2. DAG construction at scale: a synthetic annotation table of ``--videos``
+   videos (one segment each, 10 videos per subject, classes of the demo) in a
+   temporary folder, with an empty placeholder file per video (at DAG time
+   ``planned_videos`` only checks that each exists; nothing is probed), and a
+   config of the schema's defaults with ``split.scheme: kfold`` and ``split.k:
+   --folds`` (so the reference 225-point LSTM grid per fold).
+   ``snakemake -n --configfile ...`` is timed with the temporary folder as the
+   working directory; the number of planned jobs is read from its summary.
+
+Every command runs in a fresh process, as a user would type it. The last line
+is the DAG-construction time of the synthetic table, in seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+CLASSES = ["neutral", "happy", "sad", "pensive"]
+
+
+def timed(command: list[str], cwd: Path) -> tuple[float, str]:
+    """Wall time and combined output of one command; a failure stops the benchmark with its output."""
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        sys.exit(f"{' '.join(command)} failed (exit {done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return seconds, done.stdout + done.stderr
+
+
+def planned_jobs(output: str) -> int | None:
+    """The total of the job-count table that ``snakemake -n`` prints."""
+    found = re.search(r"^total\s+(\d+)", output, re.MULTILINE)
+    return int(found.group(1)) if found else None
+
+
+def noop(repeat: int) -> tuple[float, float | None]:
+    """Median seconds of ``snakemake -n`` and of a real no-op run on the finished demo (None if not finished)."""
+    base = [str(SNAKEMAKE), "--snakefile", str(REPO / "Snakefile")]
+    dry = []
+    for _ in range(repeat):
+        seconds, output = timed([*base, "-n", "--quiet", "rules"], REPO)
+        if "Nothing to be done" not in output and planned_jobs(output):
+            print(f"the demo DAG is not finished ({planned_jobs(output)} jobs would run): run `make demo` first; "
+                  "skipping the real no-op run")
+            return statistics.median([seconds]), None
+        dry.append(seconds)
+    real = [timed([*base, "--cores", "2"], REPO)[0] for _ in range(repeat)]
+    return statistics.median(dry), statistics.median(real)
+
+
+def synthetic(folder: Path, videos: int, folds: int, per_subject: int = 10) -> Path:
+    """Write the synthetic data set and its config into ``folder``; return the config path."""
+    (folder / "videos").mkdir()
+    rows = []
+    for i in range(videos):
+        name = f"clip{i:05d}.mp4"
+        (folder / "videos" / name).touch()
+        rows.append((name, f"s{i // per_subject:04d}", CLASSES[i % len(CLASSES)], 0, 120))
+    with open(folder / "annotations.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["video", "subject", "label", "start_frame", "end_frame"])
+        writer.writerows(rows)
+    config = {
+        "experiment": "ferseq-dag-benchmark",
+        "data": {"videos": "videos", "annotations": "annotations.csv"},
+        "classes": {"names": CLASSES},
+        "split": {"scheme": "kfold", "k": folds},
+    }
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--videos", type=int, default=5000)
+    parser.add_argument("--folds", type=int, default=10)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--skip-noop", action="store_true", help="leave out the no-op runs on the demo")
+    parser.add_argument("--skip-synthetic", action="store_true", help="leave out the synthetic DAG")
+    args = parser.parse_args()
+
+    if not args.skip_noop:
+        dry, real = noop(args.repeat)
+        print(f"no-op on the finished demo: snakemake -n {dry:.2f} s"
+              + (f", snakemake --cores 2 {real:.2f} s" if real is not None else "") + f" (median of {args.repeat})")
+    if args.skip_synthetic:
+        return
+    with tempfile.TemporaryDirectory(prefix="ferseq-dag-") as tmp:
+        folder = Path(tmp)
+        config = synthetic(folder, args.videos, args.folds)
+        command = [str(SNAKEMAKE), "--snakefile", str(REPO / "Snakefile"), "--directory", str(folder),
+                   "--configfile", str(config), "-n", "--quiet", "rules"]
+        seconds, output = timed(command, folder)
+    jobs = planned_jobs(output)
+    print(f"synthetic table: {args.videos} videos, {args.folds} folds, reference grid: {jobs} jobs planned; "
+          f"snakemake -n {seconds:.1f} s ({1000 * seconds / jobs:.2f} ms per job)" if jobs else
+          f"synthetic table: snakemake -n {seconds:.1f} s (job count not found in its output)")
+    print(f"{seconds:.1f}")
+
+
+if __name__ == "__main__":
+    main()
