@@ -1,5 +1,6 @@
 rule windows:
     input:
+        # the fold's feature store: one {video}.parquet per video, written by one job
         features="results/folds/{fold}/features",
         segments="results/data/segments.parquet",
         splits="results/data/splits.parquet",
@@ -14,7 +15,6 @@ rule windows:
             subcategory="fold {fold}",
         ),
     params:
-        features=lambda w: [f"results/folds/{w.fold}/features/{v}.parquet" for v in videos()],
         length=config["windows"]["length"],
         overlap=config["windows"]["overlap"],
         missing_face=config["faces"]["missing_face"],
