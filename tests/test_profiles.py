@@ -76,11 +76,18 @@ def parse_dry_run(output: str) -> list[dict]:
     return jobs
 
 
-def test_slurm_profile_dry_run_sizes_every_job(tmp_path):
-    config = write_config(tmp_path / "config.yaml")
-    done = run_snakemake(tmp_path, "--configfile", str(config), "--profile", str(SLURM_PROFILE), "--dry-run")
+@pytest.fixture(scope="module")
+def slurm_dry_run(tmp_path_factory) -> list[dict]:
+    """The jobs of ``snakemake --profile workflow/profiles/slurm --dry-run`` on the demo config."""
+    folder = tmp_path_factory.mktemp("slurm")
+    config = write_config(folder / "config.yaml")
+    done = run_snakemake(folder, "--configfile", str(config), "--profile", str(SLURM_PROFILE), "--dry-run")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    jobs = parse_dry_run(done.stdout)
+    return parse_dry_run(done.stdout)
+
+
+def test_slurm_profile_dry_run_sizes_every_job(slurm_dry_run):
+    jobs = slurm_dry_run
     rules, _ = workflow_rules({})
     assert len(jobs) == 17 and {job["rule"] for job in jobs} == {"all"} | (set(rules) - {"import_annotations"})
     for job in jobs:
@@ -96,7 +103,7 @@ def test_slurm_profile_dry_run_sizes_every_job(tmp_path):
         assert job["group"] == ("sequence_grid" if job["rule"] == "sequence_model" else None), job
 
 
-def test_slurm_plugin_loads_and_turns_rule_resources_into_sbatch_options(tmp_path):
+def test_slurm_plugin_loads_and_turns_rule_resources_into_sbatch_options(slurm_dry_run, tmp_path):
     from snakemake_interface_executor_plugins.registry import ExecutorPluginRegistry
     from snakemake_executor_plugin_slurm.submit_string import get_submit_command
     from snakemake_executor_plugin_slurm.utils import set_gres_string
@@ -104,9 +111,7 @@ def test_slurm_plugin_loads_and_turns_rule_resources_into_sbatch_options(tmp_pat
     plugin = ExecutorPluginRegistry().get_plugin("slurm")
     assert plugin.name == "slurm" and plugin.common_settings.non_local_exec
 
-    config = write_config(tmp_path / "config.yaml")
-    done = run_snakemake(tmp_path, "--configfile", str(config), "--profile", str(SLURM_PROFILE), "--dry-run")
-    jobs = {job["rule"]: job for job in parse_dry_run(done.stdout)}
+    jobs = {job["rule"]: job for job in slurm_dry_run}
     params = {"run_uuid": "ferseq", "slurm_logfile": "log", "comment_str": "c", "account": "", "partition": "",
               "workdir": str(tmp_path)}
 
