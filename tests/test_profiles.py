@@ -3,6 +3,7 @@ the conda env matches the package, and runs can go to a real `mlflow server`."""
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import subprocess
@@ -125,6 +126,37 @@ def test_slurm_plugin_loads_and_turns_rule_resources_into_sbatch_options(slurm_d
     assert "--gpus=1" in frame_model
     faces = sbatch("faces")
     assert "--mem 1500" in faces and "--cpus-per-task=1" in faces and "gpu" not in faces
+
+
+FAKE_SLURM_COMMAND = """#!/bin/sh
+echo "$(basename "$0") $*" >> "{calls}"
+exit 1
+"""
+
+
+def test_slurm_run_submits_with_the_rule_resources_and_warns_about_a_local_store(tmp_path, monkeypatch):
+    """The real plugin against SLURM commands that only record their arguments and fail."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls.log"
+    for command in ("sbatch", "sinfo", "sacct", "squeue", "scontrol", "sacctmgr", "sshare"):
+        (bin_dir / command).write_text(FAKE_SLURM_COMMAND.format(calls=calls))
+        (bin_dir / command).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    config = write_config(tmp_path / "config.yaml")
+    done = run_snakemake(tmp_path, "--configfile", str(config), "--profile", str(SLURM_PROFILE), "--retries", "0",
+                         "--slurm-init-seconds-before-status-checks", "1")
+    assert done.returncode != 0  # the fake sbatch refuses every job
+    output = done.stdout + done.stderr
+    assert "mlflow.tracking_uri is a local sqlite store but jobs run on a cluster" in output
+    # Only the first job (segments) can be submitted; its sbatch line carries the rule's figures.
+    sbatch = [line for line in calls.read_text().splitlines() if line.startswith("sbatch ")]
+    rules, _ = workflow_rules({})
+    segments = {k: v.value for k, v in rules["segments"].resources.items() if k != "tmpdir"}
+    assert len(sbatch) == 1 and "--comment rule_segments" in sbatch[0]
+    for option in ("-p cpu", f"-t {segments['runtime']}", f"--mem {segments['mem_mb']}",
+                   f"--cpus-per-task={segments['_cores']}"):
+        assert f" {option} " in sbatch[0], option
 
 
 def free_port() -> int:
