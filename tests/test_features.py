@@ -116,18 +116,19 @@ def test_a_segment_missing_from_the_segments_table_is_an_error(demo, trained, tm
     assert not (tmp_path / "out.parquet").exists()
 
 
-def test_one_mlflow_run_per_fold_for_the_features(demo, trained, tmp_path):
+def test_one_job_per_fold_writes_every_video_and_one_mlflow_run(demo, trained, tmp_path):
     model_path, config = trained
     config = {**config, "experiment": "features-test", "mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"}}
-    outputs = {video_id: tmp_path / f"{video_id}.parquet" for video_id in demo.faces}
-    for video_id in demo.faces:  # one job per video: no run each
-        features.extract_features(model_path, demo.faces[video_id], demo.segments, outputs[video_id], config, fold=0)
-    table = features.log_features_run(outputs.values(), config, fold=0, out_csv=tmp_path / "stats.csv")
+    # Video ids of imported datasets are paths below data.videos (RAVDESS: Actor_01/<clip>).
+    faces = {f"Actor_01/{video_id}": path for video_id, path in demo.faces.items()}
+    table = features.extract_fold(model_path, faces, demo.segments, tmp_path / "features", config, fold=0)
 
+    found = windows.feature_files(tmp_path / "features")
+    assert found == sorted(tmp_path / "features" / f"{video_id}.parquet" for video_id in faces)
     (run,) = mlflow.search_runs(experiment_names=["features-test"], output_format="list")
     assert run.data.tags["stage"] == "features" and run.data.tags["fold"] == "0"
     frames = sum(len(face_rows(path)) for path in demo.faces.values())
     assert run.data.metrics["frames"] == frames == table["frames"].sum()
     assert run.data.metrics["videos"] == 3 and run.data.metrics["frames_per_second"] > 0
-    assert list(pd.read_csv(tmp_path / "stats.csv")["video_id"]) == list(demo.faces)
+    assert list(pd.read_csv(tmp_path / "features" / "stats.csv")["video_id"]) == list(faces)
     assert "features_stats.csv" in {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}

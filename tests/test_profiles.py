@@ -52,7 +52,7 @@ def test_every_rule_declares_log_benchmark_threads_resources_and_env():
         assert rule.conda_env == "../../envs/ferseq.yaml", name
         # Only the CNN rules ask for a GPU, and they always do.
         assert resources.get("gpu") == (1 if name in GPU_RULES else None), name
-    assert rules["sequence_model"]._group == "sequence_grid"  # batched into few cluster jobs
+    assert rules["sequence_model"]._group == "sequence_grid_{fold}"  # a fold's grid jobs are batched on a cluster
 
 
 def test_conda_env_matches_the_package_dependencies():
@@ -101,7 +101,19 @@ def test_slurm_profile_dry_run_sizes_every_job(slurm_dry_run):
         gpu = job["rule"] in GPU_RULES
         assert res["slurm_partition"] == ("gpu" if gpu else "cpu"), job
         assert res.get("gpu") == ("1" if gpu else None), job
-        assert job["group"] == ("sequence_grid" if job["rule"] == "sequence_model" else None), job
+        assert job["group"] == ("sequence_grid_0" if job["rule"] == "sequence_model" else None), job
+
+
+def test_slurm_profile_packs_a_folds_grid_jobs_three_to_a_slurm_job(tmp_path):
+    # 2 folds x 3 architectures x 3 hidden sizes = 9 grid jobs per fold -> 3 group jobs per fold.
+    config = write_config(tmp_path / "config.yaml", split={"unit": "segment", "scheme": "kfold", "k": 2},
+                          sequence_model__hidden=[16, 32, 64])
+    done = run_snakemake(tmp_path, "--configfile", str(config), "--profile", str(SLURM_PROFILE), "--dry-run")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    jobs = [job for job in parse_dry_run(done.stdout) if job["rule"] == "sequence_model"]
+    assert len(jobs) == 18
+    headers = re.findall(r"Group job (sequence_grid_\d+)", done.stdout)
+    assert sorted(headers) == ["sequence_grid_0"] * 3 + ["sequence_grid_1"] * 3
 
 
 def test_slurm_plugin_loads_and_turns_rule_resources_into_sbatch_options(slurm_dry_run, tmp_path):

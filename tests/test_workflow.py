@@ -124,6 +124,16 @@ def test_class_map_to_unknown_class_is_named(tmp_path):
     assert done.returncode != 0 and "classes.map.joy: 'glad' is not one of classes.names" in done.stdout + done.stderr
 
 
+@pytest.mark.parametrize("lr,message", [
+    ([0.01, 0.01], "sequence_model.lr: [0.01, 0.01] has non-unique elements"),
+    ([0.001, 0.0010000001], "sequence_model.lr: [0.001, 0.0010000001] has values that are equal to 6 significant digits"),
+])
+def test_grid_values_that_would_name_one_file_twice_are_named(tmp_path, lr, message):
+    config = write_config(tmp_path / "config.yaml", sequence_model__lr=lr)
+    done = run_snakemake(tmp_path, "--configfile", str(config), "-n")
+    assert done.returncode != 0 and message in done.stdout + done.stderr
+
+
 def test_bad_annotation_row_fails_the_run_and_leaves_no_output(tmp_path):
     table = tmp_path / "annotations.csv"
     table.write_text((DEMO / "annotations.csv").read_text() + "man_neutral_to_happy.mp4,man,happy,60,999\n")

@@ -59,6 +59,15 @@ def check(config: dict[str, Any]) -> None:
         if path and not Path(path).is_file():
             problems.append(f"faces.{key}: {path!r} does not exist")
 
+    # Grid points are files named by point_name (6 significant digits): two values that
+    # round to one name would be one file written twice.
+    grid_cfg = config.get("sequence_model", {})
+    for key in ("lr", "dropout"):
+        values = grid_cfg.get(key, [])
+        stems = [f"{v:g}" for v in values]
+        if len(set(stems)) < len(stems):
+            problems.append(f"sequence_model.{key}: {values} has values that are equal to 6 significant digits")
+
     pretrained = config.get("frame_model", {}).get("pretrained", False)
     if isinstance(pretrained, str) and not Path(pretrained).is_file():
         problems.append(f"frame_model.pretrained: checkpoint {pretrained!r} does not exist")

@@ -151,6 +151,11 @@ def read(path: str | Path) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     return arrow.drop_columns(["embedding", "probs"]).to_pandas(), values("embedding", dim), values("probs", classes)
 
 
+def feature_files(folder: str | Path) -> list[Path]:
+    """The feature store files of a fold's features folder, sorted; video ids with sub-folders included."""
+    return sorted(Path(folder).rglob("*.parquet"))
+
+
 def write_windows(feature_files: Iterable[str | Path], segments_path: str | Path, splits_path: str | Path, fold: int,
                   length: int, overlap: dict[str, float], policy: str, outputs: dict[str, str | Path],
                   out_counts: str | Path, classes: list[str]) -> pd.DataFrame:

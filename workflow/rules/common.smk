@@ -1,10 +1,8 @@
 # Shared by every stage: config validation, the planned videos and folds, the final targets.
-import os
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
-from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import validate
 
 import ferseq.config
@@ -20,16 +18,6 @@ try:
 except WorkflowError:
     raise WorkflowError(ferseq.config.explain(config, SCHEMAS / "config.schema.yaml")) from None
 ferseq.config.check(config)
-
-if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
-    # envs/ferseq.yaml holds ferseq's dependencies; ferseq itself comes from this checkout,
-    # so jobs in the conda env (locally or on cluster nodes) run the code that planned them.
-    os.environ.update(
-        PYTHONPATH=os.pathsep.join(
-            filter(None, [str(Path(workflow.basedir) / "src"), os.environ.get("PYTHONPATH")])
-        )
-    )
-
 
 onstart:
     # Jobs on many nodes writing one sqlite file over a shared filesystem can corrupt it.

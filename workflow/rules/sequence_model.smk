@@ -40,13 +40,14 @@ rule sequence_model:
         "results/logs/folds/{fold}/sequence_model/{arch}/h{hidden}.log",
     benchmark:
         "results/benchmarks/folds/{fold}/sequence_model/{arch}/h{hidden}.tsv"
-    # A cluster run submits several of these jobs in one SLURM job (see the slurm profile).
+    # A cluster run submits several of a fold's jobs in one SLURM job (see the slurm profile).
     group:
-        "sequence_grid"
+        "sequence_grid_{fold}"
     threads: 1
     resources:
         mem_mb=2000,
-        runtime=120,
+        # minutes: up to 30 a point (200 epochs on one core); measure yours in results/benchmarks/
+        runtime=30 * len(job_points(config["sequence_model"])),
     conda:
         "../../envs/ferseq.yaml"
     script:

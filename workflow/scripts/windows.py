@@ -1,11 +1,9 @@
 """Rule windows: cut one fold's segments into fixed-length windows of frame features, per split."""
-from pathlib import Path
-
 from ferseq import logs, windows
 
 with logs.step(snakemake.log[0]):
     windows.write_windows(
-        sorted(Path(snakemake.input.features).glob("*.parquet")),
+        windows.feature_files(snakemake.input.features),
         snakemake.input.segments,
         snakemake.input.splits,
         fold=int(snakemake.wildcards.fold),
