@@ -63,7 +63,7 @@ def noop(repeat: int) -> tuple[float, float | None]:
         if "Nothing to be done" not in output and planned_jobs(output):
             print(f"the demo DAG is not finished ({planned_jobs(output)} jobs would run): run `make demo` first; "
                   "skipping the real no-op run")
-            return statistics.median([seconds]), None
+            return seconds, None
         dry.append(seconds)
     real = [timed([*base, "--cores", "2"], REPO)[0] for _ in range(repeat)]
     return statistics.median(dry), statistics.median(real)

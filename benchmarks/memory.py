@@ -32,23 +32,23 @@ CLASSES = ["neutral", "happy", "sad", "pensive"]
 
 
 def loop_video(video: Path, loops: int, out: Path) -> int:
-    """Write ``video`` ``loops`` times over into ``out``; return its frame count."""
-    reader = cv2.VideoCapture(str(video))
-    fps = reader.get(cv2.CAP_PROP_FPS) or 25
-    frames = []
-    while True:  # a demo clip: small enough to hold once, to write it many times
-        ok, frame = reader.read()
-        if not ok:
-            break
-        frames.append(frame)
-    reader.release()
-    height, width = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    """Write ``video`` ``loops`` times over into ``out``, reading it again for each loop; return its frame count."""
+    writer, frames = None, 0
     for _ in range(loops):
-        for frame in frames:
+        reader = cv2.VideoCapture(str(video))
+        while True:
+            ok, frame = reader.read()
+            if not ok:
+                break
+            if writer is None:
+                height, width = frame.shape[:2]
+                fps = reader.get(cv2.CAP_PROP_FPS) or 25
+                writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
             writer.write(frame)
+            frames += 1
+        reader.release()
     writer.release()
-    return len(frames) * loops
+    return frames
 
 
 def child(stage: str, video: Path, folder: Path, size: int, batch: int, workers: int) -> None:

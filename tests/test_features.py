@@ -84,16 +84,6 @@ def test_reloaded_model_gives_the_stored_embeddings(demo, trained, tmp_path):
     assert (stored["frame"].to_numpy() == rows["frame"].to_numpy()).all()
 
 
-def test_many_videos_with_one_model_load_match_single_videos(demo, trained, tmp_path):
-    model_path, config = trained
-    outputs = {video_id: tmp_path / "many" / f"{video_id}.parquet" for video_id in demo.faces}
-    stats = features.extract_features_many(model_path, demo.faces, demo.segments, outputs, config, fold=0)
-    assert list(stats["video_id"]) == list(demo.faces)
-    single = tmp_path / "man1.parquet"
-    features.extract_features(model_path, demo.faces["man1"], demo.segments, single, config, fold=0)
-    assert pq.read_table(single).equals(pq.read_table(outputs["man1"]))
-
-
 def test_a_video_without_faces_gives_an_empty_file(demo, trained, tmp_path):
     model_path, config = trained
     faceless = tmp_path / "faceless.parquet"
@@ -125,6 +115,11 @@ def test_one_job_per_fold_writes_every_video_and_one_mlflow_run(demo, trained, t
 
     found = windows.feature_files(tmp_path / "features")
     assert found == sorted(tmp_path / "features" / f"{video_id}.parquet" for video_id in faces)
+    # One model load for all videos gives what a single video's extraction gives.
+    single = tmp_path / "man1.parquet"
+    features.extract_features(model_path, demo.faces["man1"], demo.segments, single, config, fold=0,
+                              video_id="Actor_01/man1")
+    assert pq.read_table(single).equals(pq.read_table(tmp_path / "features/Actor_01/man1.parquet"))
     (run,) = mlflow.search_runs(experiment_names=["features-test"], output_format="list")
     assert run.data.tags["stage"] == "features" and run.data.tags["fold"] == "0"
     frames = sum(len(face_rows(path)) for path in demo.faces.values())

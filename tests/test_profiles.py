@@ -25,8 +25,9 @@ SLURM_PROFILE = REPO / "workflow" / "profiles" / "slurm"
 GPU_RULES = {"frame_model", "features"}
 
 
-def workflow_rules(config: dict | None = None) -> dict:
-    """The rules of the Snakefile as Snakemake parses them (``data.import`` on, so every rule exists)."""
+def workflow_rules(config: dict | None = None) -> tuple[dict, set[str]]:
+    """The rules of the Snakefile as Snakemake parses them, by name, and the local rules
+    (by default with ``data.import`` on, so every rule exists)."""
     from snakemake.api import SnakemakeApi
     from snakemake.settings.types import ConfigSettings, OutputSettings, Quietness, ResourceSettings
 
@@ -38,6 +39,11 @@ def workflow_rules(config: dict | None = None) -> dict:
         return {rule.name: rule for rule in workflow.rules}, set(workflow._localrules)
 
 
+def declared(rule) -> dict:
+    """A rule's declared resources (``_cores`` = its threads), as plain values."""
+    return {k: v.value for k, v in rule.resources.items() if k != "tmpdir"}
+
+
 def test_every_rule_declares_log_benchmark_threads_resources_and_env():
     rules, local = workflow_rules()
     assert "import_annotations" in rules and local == {"all"}
@@ -46,7 +52,7 @@ def test_every_rule_declares_log_benchmark_threads_resources_and_env():
             continue
         assert rule.log, f"rule {name} has no log"
         assert rule.benchmark, f"rule {name} has no benchmark"
-        resources = {k: v.value for k, v in rule.resources.items() if k != "tmpdir"}
+        resources = declared(rule)
         assert {"mem_mb", "runtime"} <= set(resources), f"rule {name} lacks mem_mb or runtime: {set(resources)}"
         assert resources["_cores"] >= 1
         assert rule.conda_env == "../../envs/ferseq.yaml", name
@@ -94,7 +100,7 @@ def test_slurm_profile_dry_run_sizes_every_job(slurm_dry_run):
     for job in jobs:
         if job["rule"] == "all":
             continue
-        res, rule = job["resources"], {k: v.value for k, v in rules[job["rule"]].resources.items() if k != "tmpdir"}
+        res, rule = job["resources"], declared(rules[job["rule"]])
         # The rule's own figures reach the scheduler; threads become --cpus-per-task.
         assert int(res["mem_mb"]) == rule["mem_mb"] and int(res["runtime"]) == rule["runtime"]
         assert int(res["cpus_per_task"]) == rule["_cores"], job
@@ -164,7 +170,7 @@ def test_slurm_run_submits_with_the_rule_resources_and_warns_about_a_local_store
     # Only the first job (segments) can be submitted; its sbatch line carries the rule's figures.
     sbatch = [line for line in calls.read_text().splitlines() if line.startswith("sbatch ")]
     rules, _ = workflow_rules({})
-    segments = {k: v.value for k, v in rules["segments"].resources.items() if k != "tmpdir"}
+    segments = declared(rules["segments"])
     assert len(sbatch) == 1 and "--comment rule_segments" in sbatch[0]
     for option in ("-p cpu", f"-t {segments['runtime']}", f"--mem {segments['mem_mb']}",
                    f"--cpus-per-task={segments['_cores']}"):

@@ -127,23 +127,6 @@ def _labels(segments_path: str | Path) -> dict[int, str]:
     return dict(zip(segments["segment_id"].astype(int), segments["label"].astype(str)))
 
 
-def extract_features_many(model_path: str | Path, faces: Mapping[str, str | Path], segments_path: str | Path,
-                          outputs: Mapping[str, str | Path], config: Mapping[str, Any], fold: int) -> pd.DataFrame:
-    """Features of several videos with one model load (``faces`` and ``outputs``: video_id -> path).
-
-    Returns one row of stats per video (see :func:`extract_video`).
-    """
-    cfg = settings(config)
-    model = load_frame_model(model_path)
-    labels = _labels(segments_path)
-    stats = []
-    for done, video_id in enumerate(outputs, start=1):
-        stats.append(extract_video(model, faces[video_id], labels, outputs[video_id], video_id=video_id, fold=fold,
-                                   batch_size=int(cfg["inference_batch_size"]), num_workers=int(cfg["num_workers"])))
-        log.info("fold %s features: %d/%d videos done", fold, done, len(outputs))
-    return pd.DataFrame(stats)
-
-
 def extract_features(model_path: str | Path, faces_parquet: str | Path, segments_path: str | Path,
                      out_parquet: str | Path, config: Mapping[str, Any], fold: int,
                      video_id: str | None = None) -> dict[str, Any]:
@@ -156,12 +139,18 @@ def extract_features(model_path: str | Path, faces_parquet: str | Path, segments
 
 def extract_fold(model_path: str | Path, faces: Mapping[str, str | Path], segments_path: str | Path,
                  out_dir: str | Path, config: Mapping[str, Any], fold: int) -> pd.DataFrame:
-    """The feature store of one fold: ``out_dir/{video}.parquet`` for every video of ``faces``
-    (video_id -> faces file), then ``out_dir/stats.csv`` and the fold's MLflow run."""
+    """The feature store of one fold, with one model load: ``out_dir/{video}.parquet`` for every video
+    of ``faces`` (video_id -> faces file), then ``out_dir/stats.csv`` and the fold's MLflow run."""
+    cfg = settings(config)
+    model = load_frame_model(model_path)
+    labels = _labels(segments_path)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     outputs = {video_id: out_dir / f"{video_id}.parquet" for video_id in faces}
-    extract_features_many(model_path, faces, segments_path, outputs, config, fold)
+    for done, video_id in enumerate(outputs, start=1):
+        extract_video(model, faces[video_id], labels, outputs[video_id], video_id=video_id, fold=fold,
+                      batch_size=int(cfg["inference_batch_size"]), num_workers=int(cfg["num_workers"]))
+        log.info("fold %s features: %d/%d videos done", fold, done, len(outputs))
     return log_features_run(outputs.values(), config, fold, out_dir / "stats.csv")
 
 
