@@ -5,7 +5,7 @@ CORES ?= 2
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install demo test ui clean
+.PHONY: install slurm demo test ui clean
 
 install: $(VENV)/.installed
 
@@ -19,11 +19,26 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(BIN)/snakemake --cores $(CORES)
 
-test: install
+test: install slurm
 	$(BIN)/python -m pytest
 
+# tests/test_slurm.py boots a private single-node SLURM (tests/slurm_cluster.py). As root on Debian
+# (CI), install its packages when missing; elsewhere the test says what it lacks and is skipped.
+# policy-rc.d keeps apt from starting the system's munge and slurm services.
+SLURM_PACKAGES := slurmctld slurmd slurm-client munge
+slurm:
+	@missing=; for c in slurmctld slurmd sbatch srun munged; do command -v $$c >/dev/null || missing=1; done; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing $(SLURM_PACKAGES) for the SLURM test"; \
+	  policy=/usr/sbin/policy-rc.d; added=; \
+	  if [ ! -e $$policy ]; then printf '#!/bin/sh\nexit 101\n' > $$policy; chmod 755 $$policy; added=1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    $(SLURM_PACKAGES) >/dev/null; status=$$?; \
+	  [ -z "$$added" ] || rm -f $$policy; exit $$status; \
+	fi
+
 ui: install
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///results/mlflow.db
+	$(BIN)/ferseq ui --config config.yaml
 
 clean:
 	rm -rf results .snakemake

@@ -34,6 +34,7 @@ include: "workflow/rules/evaluate.smk"
 
 localrules:
     all,
+    pretrained_weights,
 
 
 rule all:

@@ -1,17 +1,19 @@
 """Snakemake overhead of the workflow: a no-op run on the finished demo, and DAG construction at scale.
 
-    python benchmarks/dag.py [--videos 5000] [--folds 10] [--repeat 3] [--skip-noop] [--skip-synthetic]
+    python benchmarks/dag.py [--videos 16000] [--folds 10] [--repeat 3] [--skip-noop] [--skip-synthetic]
 
 1. No-op on the finished demo DAG, from the repository root (``results/`` must
    hold a complete demo run, e.g. after ``make demo``): ``snakemake -n`` and,
    only if that says nothing is to be done, a real ``snakemake --cores 2``
    (which then also does nothing). Median wall time of ``--repeat`` runs each.
-2. DAG construction at scale: a synthetic annotation table of ``--videos``
-   videos (one segment each, 10 videos per subject, classes of the demo) in a
+2. DAG construction at scale (the default is DFEW's size): a synthetic annotation
+   table of ``--videos`` videos (one segment each, 10 videos per subject, classes of the demo) in a
    temporary folder, with an empty placeholder file per video (at DAG time
    ``planned_videos`` only checks that each exists; nothing is probed), and a
    config of the schema's defaults with ``split.scheme: kfold`` and ``split.k:
-   --folds`` (so the reference 225-point LSTM grid per fold).
+   --folds`` (so the reference 225-point LSTM grid per fold) and ``frame_model.pretrained:
+   false`` (nothing to fetch). The faces batches are planned from the table
+   (120 frames a video: about 77 videos a batch, some 200 batches for 16,000).
    ``snakemake -n --configfile ...`` is timed with the temporary folder as the
    working directory; the number of planned jobs is read from its summary.
 
@@ -86,6 +88,7 @@ def synthetic(folder: Path, videos: int, folds: int, per_subject: int = 10) -> P
         "data": {"videos": "videos", "annotations": "annotations.csv"},
         "classes": {"names": CLASSES},
         "split": {"scheme": "kfold", "k": folds},
+        "frame_model": {"pretrained": False},
     }
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -94,7 +97,7 @@ def synthetic(folder: Path, videos: int, folds: int, per_subject: int = 10) -> P
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--videos", type=int, default=5000)
+    parser.add_argument("--videos", type=int, default=16000)
     parser.add_argument("--folds", type=int, default=10)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--skip-noop", action="store_true", help="leave out the no-op runs on the demo")

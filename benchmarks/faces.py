@@ -1,6 +1,7 @@
 """Speed of the faces stage against plain decoding, on one core.
 
     python benchmarks/faces.py [VIDEO] [--repeat 3] [--detect-every 10] [--detector hog]
+    python benchmarks/faces.py --detector opencv_dnn --dnn-model M.caffemodel --dnn-prototxt deploy.prototxt
 
 Prints frames per second for decoding only and for the whole stage (decode,
 detect/track, landmarks, align, encode, write Parquet) on every frame of the
@@ -61,13 +62,16 @@ def main() -> None:
     parser.add_argument("--detector", choices=["hog", "mmod", "opencv_dnn"])
     parser.add_argument("--detect-every", type=int)
     parser.add_argument("--detect-scale", type=float)
+    parser.add_argument("--dnn-model", help="res10_300x300_ssd_iter_140000.caffemodel, for --detector opencv_dnn")
+    parser.add_argument("--dnn-prototxt", help="deploy.prototxt, for --detector opencv_dnn")
     args = parser.parse_args()
 
     # One core: OpenCV's own threads off, and the process (FFmpeg's decoder threads included) pinned to one CPU.
     cv2.setNumThreads(1)
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-    cfg = faces_config(detector=args.detector, detect_every=args.detect_every, detect_scale=args.detect_scale)
+    cfg = faces_config(detector=args.detector, detect_every=args.detect_every, detect_scale=args.detect_scale,
+                       dnn_model=args.dnn_model, dnn_prototxt=args.dnn_prototxt)
     info = probe(args.video)
     make_tracker(cfg)  # load the models outside the timing
     decode = statistics.median(decode_fps(args.video) for _ in range(args.repeat))

@@ -67,10 +67,10 @@ def child(stage: str, video: Path, folder: Path, size: int, batch: int, workers:
         import torch
 
         from ferseq.features import extract_video
-        from ferseq.frame_model import FrameModel
+        from ferseq.frame_model import FrameModel, to_device
 
         torch.set_num_threads(2)
-        model = FrameModel("legacy_xception", CLASSES, input_size=size).eval()
+        model = to_device(FrameModel("legacy_xception", CLASSES, input_size=size), "cpu").eval()  # as the stage loads it
         extract_video(model, faces, {1: "neutral"}, folder / f"{video.stem}.features.parquet", video_id=video.stem,
                       batch_size=batch, num_workers=workers)
     print(json.dumps({"frames": frames,

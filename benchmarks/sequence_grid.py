@@ -1,35 +1,39 @@
-"""Wall time of the reference LSTM grid on the demo windows, and the share a job's start-up takes.
+"""The reference LSTM grid: a job's points trained together against one point alone, per epoch, and projected.
 
-    python benchmarks/sequence_grid.py [WINDOWS_DIR] [--points 225] [--workers 2]
+    python benchmarks/sequence_grid.py [WINDOWS_DIR] [--workers 2] [--compare]      # demo windows, CPU
+    python benchmarks/sequence_grid.py --synthetic 50000 --device cuda                 # speed only
 
-WINDOWS_DIR is a fold's windows folder (default ``results/folds/0/windows`` of
-a finished ``make demo``). The grid, epochs, patience and batch size are the
+WINDOWS_DIR is a fold's windows folder (default ``results/folds/0/windows`` of a
+finished ``make demo``); ``--synthetic N`` uses N random train windows of
+16 x 512 (and 0.4 N val windows, the reference split's ratio), 3 classes,
+instead: for speed only. The grid, epochs, patience and batch size are the
 schema's reference defaults (3 architectures x 5 lr x 3 hidden x 5 dropout =
-225 points, up to 200 epochs, patience 10); ``--points`` takes an evenly spread
-subset for a quicker look.
+225 points in 9 jobs of 25, up to 200 epochs, patience 10).
 
-1. Training: every point trained as the grid job trains it
-   (:func:`ferseq.sequence_model.train`, one torch thread), in ``--workers``
-   processes that each load the windows once; the figure is the wall time.
-2. Start-up: what a grid job does besides training, in fresh processes
-   (median of 3): start Python, import torch, MLflow, Snakemake's script
-   support and ferseq, read the windows, open and close a tagged MLflow run in
-   a sqlite store. That cost is paid once per job; the pipeline runs one job
-   per architecture and hidden size (9 for the reference grid, each training
-   its 25 lr x dropout points), so the start-up share is
-   ``9 x start-up / (9 x start-up + training)``; the share with one job per
-   point (225 start-ups) is printed beside it.
-3. Cross-check with real jobs: when the demo's Snakemake benchmark files are
-   there (``results/benchmarks/folds/0/sequence_model``), each demo grid job's
-   wall time next to the training time its checkpoints recorded.
-
-The last line is the grid's training wall time in seconds.
+1. Grid (real windows only): the whole grid trained as the pipeline trains it,
+   each job's 25 points together (:func:`ferseq.fused_lstm.train_points`, one
+   torch thread a job), the jobs in ``--workers`` processes that each read the
+   windows once; the figure is the wall time. ``--compare`` also trains every
+   point alone, one after another (:func:`ferseq.sequence_model.train`, the
+   code before the fused trainer), in the same workers: the before figure.
+2. Start-up (real windows, with MLflow installed): what a grid job does
+   besides training, in fresh processes (median of 3), and its share of the
+   grid's CPU time with 9 jobs.
+3. Per epoch, for each job (architecture, hidden size) on ``--device``: seconds
+   per epoch (all train windows and a val pass) of one point alone (a
+   SequenceClassifier with torch's Adam, batch 32: the reference path) and of
+   the job's 25 points together (the fused trainer), each timed on ``--steps``
+   batches after a warm-up and scaled to the whole split.
+4. Last line: the projected wall time in seconds of the reference grid for one
+   fold at 30 epochs per point, its 9 jobs one after another on the device
+   (training only; start-up as in 2 comes on top).
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import multiprocessing as mp
 import statistics
 import subprocess
@@ -38,6 +42,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 import yaml
@@ -45,18 +50,21 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from ferseq import search, sequence_model  # noqa: E402
+from ferseq import fused_lstm, search, sequence_model  # noqa: E402
 
 CLASSES = ["neutral", "happy", "sad", "pensive"]
+PROJECTED_EPOCHS = 30
 STARTUP = """
 import sys
 sys.path.insert(0, {src!r})
 import mlflow, snakemake.script, torch
-from ferseq import search, tracking
+from ferseq import fused_lstm, search, tracking
 search.load_split({train!r}, {classes!r}); search.load_split({val!r}, {classes!r})
 config = {{"experiment": "startup", "mlflow": {{"tracking_uri": "sqlite:///{tmp}/mlflow.db"}}}}
-with tracking.start_run(config, "sequence_model", fold=0):
-    mlflow.log_params({{"arch": "lstm", "lr": 0.01}})
+with tracking.start_run(config, "sequence_search", fold=0) as parent:
+    pass
+with tracking.open_child_runs(config, "sequence_model", 0, ["lstm-a", "lstm-b"], parent.info.run_id):
+    pass
 """
 
 
@@ -64,6 +72,16 @@ def reference_grid() -> dict:
     """The ``sequence_model`` defaults of the config schema."""
     schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
     return {key: spec["default"] for key, spec in schema["properties"]["sequence_model"]["properties"].items()}
+
+
+def synthetic(n: int, seed: int = 0) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """N random train windows of 16 x 512 and 0.4 N val windows, 3 classes: for speed only."""
+    rng = np.random.default_rng(seed)
+
+    def split(count: int) -> tuple[np.ndarray, np.ndarray]:
+        return rng.standard_normal((count, 16, 512), dtype=np.float32), rng.integers(0, 3, count)
+
+    return split(n), split(max(1, int(0.4 * n)))
 
 
 _DATA: dict = {}
@@ -75,8 +93,19 @@ def _load(windows: str) -> None:
     _DATA["val"] = search.load_split(Path(windows) / "val.parquet", CLASSES)
 
 
-def _train(point: tuple, cfg: dict) -> tuple[float, int]:
-    """Train one point on the worker's loaded windows; its seconds and epochs."""
+def _train_job(job: tuple, cfg: dict) -> tuple[float, list[int]]:
+    """Train one job's points together on the worker's loaded windows; its seconds and epochs per point."""
+    arch, hidden = job
+    points = [fused_lstm.Point(lr, dropout, 42) for lr, dropout in itertools.product(cfg["lr"], cfg["dropout"])]
+    started = time.perf_counter()
+    results = fused_lstm.train_points(*_DATA["train"], *_DATA["val"], arch=arch, hidden=hidden, points=points,
+                                      num_classes=len(CLASSES), epochs=cfg["epochs"], patience=cfg["patience"],
+                                      batch_size=cfg["batch_size"], order_seed=42)
+    return time.perf_counter() - started, [len(r.history) for r in results]
+
+
+def _train_alone(point: tuple, cfg: dict) -> tuple[float, int]:
+    """Train one point alone, as before the fused trainer; its seconds and epochs."""
     arch, lr, hidden, dropout = point
     started = time.perf_counter()
     result = sequence_model.train(*_DATA["train"], *_DATA["val"], arch=arch, lr=lr, hidden=hidden, dropout=dropout,
@@ -99,58 +128,147 @@ def startup_seconds(windows: Path, repeat: int = 3) -> float:
 
 
 def demo_jobs(results: Path) -> pd.DataFrame:
-    """Wall time of each finished demo grid job (its Snakemake benchmark) and the training time of its points."""
+    """Wall time of each finished demo grid job (its Snakemake benchmark) and the training time of its points.
+
+    A job's epochs are shared by its points; every epoch includes its longest-training point, whose
+    history therefore sums to the job's training time.
+    """
     rows = []
     for tsv in sorted((results / "benchmarks/folds/0/sequence_model").glob("*/h*.tsv")):
         models = list((results / "folds/0/sequence_model" / tsv.parent.name).glob(f"*_{tsv.stem}_*.pt"))
         histories = [torch.load(m, map_location="cpu", weights_only=False)["history"] for m in models]
         rows.append({"job": f"{tsv.parent.name}/{tsv.stem}", "points": len(models),
                      "job_s": float(pd.read_csv(tsv, sep="\t")["s"].iloc[0]),
-                     "train_s": sum(epoch["seconds"] for history in histories for epoch in history)})
+                     "train_s": max(sum(epoch["seconds"] for epoch in history) for history in histories)})
     return pd.DataFrame(rows)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _sample(data: tuple, count: int) -> tuple[np.ndarray, np.ndarray]:
+    x, y = data
+    return x[:count], y[:count]
+
+
+def alone_epoch_seconds(arch: str, hidden: int, train: tuple, val: tuple, cfg: dict, device: torch.device,
+                        steps: int, num_classes: int) -> float:
+    """Seconds per epoch of one point trained alone on ``device`` (the reference model and Adam), from ``steps`` batches."""
+    batch = cfg["batch_size"]
+    x = torch.tensor(train[0][:steps * batch], device=device)
+    y = torch.tensor(train[1][:steps * batch], device=device)
+    vx = torch.tensor(val[0][:max(1, steps * batch * len(val[0]) // len(train[0]))], device=device)
+    torch.manual_seed(0)
+    model = sequence_model.SequenceClassifier(arch, x.shape[2], hidden, num_classes, 0.5).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.001)
+    criterion = torch.nn.CrossEntropyLoss()
+
+    def epoch() -> float:
+        _sync(device)
+        started = time.perf_counter()
+        model.train()
+        for i in range(0, len(x), batch):
+            loss = criterion(model(x[i:i + batch]), y[i:i + batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        model.eval()
+        with torch.inference_mode():
+            for i in range(0, len(vx), 256):
+                model(vx[i:i + 256]).argmax(dim=1).cpu()
+        _sync(device)
+        return time.perf_counter() - started
+
+    epoch()  # warm-up
+    return epoch() * len(train[0]) / len(x)
+
+
+def together_epoch_seconds(arch: str, hidden: int, train: tuple, val: tuple, cfg: dict, device: torch.device,
+                           steps: int, num_classes: int) -> float:
+    """Seconds per epoch of a job's points trained together on ``device`` (the fused trainer), from ``steps`` batches."""
+    count = steps * cfg["batch_size"]
+    sample_train = _sample(train, count)
+    sample_val = _sample(val, max(1, count * len(val[0]) // len(train[0])))
+    points = [fused_lstm.Point(lr, dropout, 0) for lr, dropout in itertools.product(cfg["lr"], cfg["dropout"])]
+    # Two epochs, no early stop: the first warms up, the second is timed (its seconds include the val pass).
+    results = fused_lstm.train_points(*sample_train, *sample_val, arch=arch, hidden=hidden, points=points,
+                                      num_classes=num_classes, epochs=2, patience=3,
+                                      batch_size=cfg["batch_size"], order_seed=0, device=device)
+    return results[0].history[1]["seconds"] * len(train[0]) / len(sample_train[0])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("windows", nargs="?", type=Path, default=REPO / "results/folds/0/windows")
-    parser.add_argument("--points", type=int, help="train an evenly spread subset of this many points")
-    parser.add_argument("--workers", type=int, default=2, help="training processes (one torch thread each)")
+    parser.add_argument("--synthetic", type=int, metavar="N", help="N random windows of 16 x 512 instead (speed only)")
+    parser.add_argument("--device", default="cpu", choices=fused_lstm.DEVICES, help="for the per-epoch figures")
+    parser.add_argument("--workers", type=int, default=2, help="grid training processes (one torch thread each)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for the per-epoch figures")
+    parser.add_argument("--steps", type=int, default=10, help="batches timed per epoch figure")
+    parser.add_argument("--compare", action="store_true", help="also train every point alone (before the fused trainer)")
     args = parser.parse_args()
-    if not (args.windows / "train.parquet").exists():
-        sys.exit(f"{args.windows}/train.parquet not found: run `make demo` first, or give a fold's windows folder")
-
     cfg = reference_grid()
-    points = list(itertools.product(cfg["architectures"], cfg["lr"], cfg["hidden"], cfg["dropout"]))
-    if args.points and args.points < len(points):
-        step = len(points) / args.points
-        points = [points[int(i * step)] for i in range(args.points)]
-    _load(str(args.windows))
-    print(f"windows: {args.windows} (train {len(_DATA['train'][1])}, val {len(_DATA['val'][1])}); "
-          f"{len(points)} points, up to {cfg['epochs']} epochs, patience {cfg['patience']}, {args.workers} workers")
+    jobs = list(itertools.product(cfg["architectures"], cfg["hidden"]))
+    points = len(jobs) * len(cfg["lr"]) * len(cfg["dropout"])
 
-    started = time.perf_counter()
-    with mp.get_context("spawn").Pool(args.workers, initializer=_load, initargs=(str(args.windows),)) as pool:
-        done = pool.starmap(_train, [(p, cfg) for p in points])
-    wall = time.perf_counter() - started
-    seconds = [s for s, _ in done]
-    print(f"training: {wall:.1f} s wall for {len(points)} points ({sum(seconds):.1f} s of training, "
-          f"median {statistics.median(seconds):.2f} s and {statistics.median(e for _, e in done):.0f} epochs a point)")
+    if args.synthetic:
+        train, val = synthetic(args.synthetic)
+        print(f"synthetic windows: train {len(train[1])}, val {len(val[1])} of 16 x 512, 3 classes (speed only)")
+    else:
+        if not (args.windows / "train.parquet").exists():
+            sys.exit(f"{args.windows}/train.parquet not found: run `make demo` first, or give a fold's windows folder")
+        _load(str(args.windows))
+        train, val = _DATA["train"], _DATA["val"]
+        print(f"windows: {args.windows} (train {len(train[1])}, val {len(val[1])}); {points} points in {len(jobs)} "
+              f"jobs, up to {cfg['epochs']} epochs, patience {cfg['patience']}, {args.workers} workers")
+        with mp.get_context("spawn").Pool(args.workers, initializer=_load, initargs=(str(args.windows),)) as pool:
+            started = time.perf_counter()
+            # longest jobs first, so the last one to start is a short one
+            order = sorted(jobs, key=lambda job: -job[1] * (2 if job[0] != "lstm" else 1))
+            done = pool.starmap(_train_job, [(job, cfg) for job in order], chunksize=1)
+            wall = time.perf_counter() - started
+            epochs = [e for _, per_point in done for e in per_point]
+            print(f"grid, each job's points together: {wall:.1f} s wall for {points} points ({sum(s for s, _ in done):.1f} s "
+                  f"of training in {len(jobs)} jobs, median {statistics.median(epochs):.0f} epochs a point)")
+            if args.compare:
+                started = time.perf_counter()
+                alone = pool.starmap(_train_alone, [(p, cfg) for p in itertools.product(
+                    cfg["architectures"], cfg["lr"], cfg["hidden"], cfg["dropout"])])
+                before = time.perf_counter() - started
+                print(f"grid, every point alone (before): {before:.1f} s wall ({sum(s for s, _ in alone):.1f} s of "
+                      f"training, median {statistics.median(s for s, _ in alone):.2f} s and "
+                      f"{statistics.median(e for _, e in alone):.0f} epochs a point): together/alone {wall / before:.2f}")
+        try:
+            startup = startup_seconds(args.windows)
+            training = sum(s for s, _ in done)
+            print(f"job start-up (fresh Python, imports, windows read, MLflow runs): {startup:.2f} s; {len(jobs)} jobs: "
+                  f"start-up {len(jobs) * startup / (len(jobs) * startup + training):.0%} of the grid's CPU time")
+        except subprocess.CalledProcessError as err:  # e.g. a GPU machine without mlflow or snakemake
+            print(f"job start-up not measured: {err.stderr.decode().strip().splitlines()[-1]}")
+        demo = demo_jobs(args.windows.parents[2])
+        if len(demo):
+            print(f"demo grid jobs (Snakemake benchmarks): {len(demo)} jobs of {demo['points'].median():.0f} points, "
+                  f"median {demo['job_s'].median():.2f} s a job of which {demo['train_s'].median():.2f} s training")
 
-    startup = startup_seconds(args.windows)
-    jobs = len({(arch, hidden) for arch, _, hidden, _ in points})
-    share = jobs * startup / (jobs * startup + sum(seconds))
-    per_point = len(points) * startup / (len(points) * startup + sum(seconds))
-    print(f"job start-up (fresh Python, imports, windows read, MLflow run): {startup:.2f} s; "
-          f"{jobs} jobs (one per architecture and hidden size): start-up {share:.0%} of the grid's CPU time "
-          f"(one job per point would make it {per_point:.0%})")
-
-    demo = demo_jobs(args.windows.parents[2])
-    if len(demo):
-        overhead = demo["job_s"] - demo["train_s"]
-        print(f"demo grid jobs (Snakemake benchmarks): {len(demo)} jobs of {demo['points'].median():.0f} points, "
-              f"median {demo['job_s'].median():.2f} s a job of which {demo['train_s'].median():.2f} s training; "
-              f"overhead median {overhead.median():.2f} s a job")
-    print(f"{wall:.1f}")
+    device = fused_lstm.choose_device(args.device)
+    torch.set_num_threads(args.threads)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} thread(s)"
+    print(f"per epoch ({len(train[1])} train, {len(val[1])} val windows, batch {cfg['batch_size']}) on {name}, "
+          f"timed on {args.steps} batches:")
+    projected, classes = 0.0, int(max(train[1].max(), val[1].max())) + 1
+    for arch, hidden in jobs:
+        alone = alone_epoch_seconds(arch, hidden, train, val, cfg, device, args.steps, classes)
+        together = together_epoch_seconds(arch, hidden, train, val, cfg, device, args.steps, classes)
+        job_points = len(cfg["lr"]) * len(cfg["dropout"])
+        print(f"  {arch} h{hidden}: one point alone {alone:.2f} s, {job_points} points together {together:.2f} s "
+              f"({job_points * alone / together:.1f}x the throughput)", flush=True)
+        projected += PROJECTED_EPOCHS * together
+    print(f"projected: reference grid ({points} points, {len(jobs)} jobs one after another), one fold, "
+          f"{PROJECTED_EPOCHS} epochs a point, on {name}: {projected:.0f} s ({projected / 60:.1f} min; target on one "
+          f"H100/H200 <= 15 min)")
+    print(f"{projected:.1f}")
 
 
 if __name__ == "__main__":

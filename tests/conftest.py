@@ -47,3 +47,23 @@ def write_config(path: Path, **overrides) -> Path:
             config[section] = value
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+# Small settings: the whole DAG, raw videos to summary, in about a minute on 2 cores.
+SMALL = {
+    "frame_model": {"backbone": "legacy_xception", "pretrained": False, "input_size": 64, "epochs": 2, "patience": 2,
+                    "frame_stride": 3, "batch_size": 16, "lr": 0.001, "num_workers": 1},
+    "sequence_model": {"architectures": ["lstm", "bilstm"], "lr": [0.01], "hidden": [16], "dropout": [0.5],
+                       "epochs": 30, "patience": 5},
+}
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> Path:
+    """The working directory of one real run of the whole demo DAG (SMALL settings), shared by the tests that
+    read a finished run; they must not change it (copy it first)."""
+    workdir = tmp_path_factory.mktemp("demo_run")
+    config = write_config(workdir / "config.yaml", **SMALL)
+    done = run_snakemake(workdir, "--configfile", str(config), "--cores", "2")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return workdir

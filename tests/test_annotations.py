@@ -161,3 +161,33 @@ def test_planned_videos_needs_no_probe(tmp_path):
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).touch()
     assert annotations.planned_videos(table, tmp_path, CLASSES) == {"a/clip1": "a/clip1.mp4"}
+
+
+@pytest.mark.parametrize("content, expected", [
+    (b"", r"annotations.csv: the file is empty; it needs a header line video,subject,label"),
+    (b"\n  \n", r"the file is empty"),
+    (HEADER.encode() + b"man_neutral_to_happy.mp4,man,happy,0,20\nman_neutral_to_happy.mp4,man,happy,24,72,uk,extra\n",
+     r"1 malformed line\(s\):\n  line 3: 7 fields, the header has 5"),
+    (HEADER.encode() + b"man_neutral_to_happy.mp4,man\n" + b"woman_sad_to_happy.mp4,woman,sad,0,20,x\n",
+     r"2 malformed line\(s\):\n  line 2: 2 fields.*\n  line 3: 6 fields"),
+    (HEADER.encode() + b'man_neutral_to_happy.mp4,man,"happy,0,20\n',
+     r"line 2: unexpected end of data; a field with a comma or a quote must be quoted"),
+    (HEADER.encode() + b'man_neutral_to_happy.mp4,man,"happy"x,0,20\n', r"line 2: .*quote"),
+    (HEADER.encode() + "woman_sad_to_happy.mp4,Zoë,sad,0,20\n".encode("latin-1"),
+     r"annotations.csv, line 2: not UTF-8 text \(byte 0xeb\); save the table as UTF-8"),
+    (b"video,subject,label,label,start_frame,end_frame\n", r"line 1: header names column\(s\) label twice"),
+])
+def test_a_malformed_file_is_reported_by_line_without_a_traceback(tmp_path, videos, content, expected):
+    table = tmp_path / "annotations.csv"
+    table.write_bytes(content)
+    with pytest.raises(AnnotationError, match=expected):
+        annotations.load_segments(table, videos, CLASSES, SCHEMA)
+    with pytest.raises(AnnotationError, match=expected):  # the DAG's planning reads the table too
+        annotations.planned_videos(table, videos, CLASSES)
+
+
+def test_a_byte_order_mark_and_blank_lines_are_fine(tmp_path, videos):
+    table = tmp_path / "annotations.csv"
+    table.write_bytes(b"\xef\xbb\xbf" + HEADER.encode() + b"\nman_neutral_to_happy.mp4,man,happy,24,72\n\n")
+    segments, dropped, _ = annotations.load_segments(table, videos, CLASSES, SCHEMA)
+    assert segments["label"].tolist() == ["happy"] and dropped.empty

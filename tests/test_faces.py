@@ -22,13 +22,12 @@ import yaml
 from ferseq import alignment
 from ferseq.detection import Detection, SsdDetector, central_face, make_detector, model_path
 from ferseq.errors import ConfigError
-from ferseq.faces import DEFAULTS, METADATA_KEY, NoFaceError, extract_faces, find_face, merge_qc, run_video
+from ferseq.faces import DEFAULTS, METADATA_KEY, NoFaceError, extract_faces, find_face
 from ferseq.videos import VideoError
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
-FIXTURES = DATA / "fixtures"
-VIDEOS = DATA / "demo" / "videos"
+from conftest import FIXTURES, REPO, SHARED_DATA
+
+VIDEOS = SHARED_DATA / "demo" / "videos"
 
 # Eye centres of an aligned crop must land this close (pixels, in a 224 px crop)
 # to the template: through the alignment matrix, and when dlib measures them
@@ -179,26 +178,6 @@ def test_detection_rate_on_a_face_clip_and_a_gap_between_segments(cfg, tmp_path)
     assert not table.set_index("frame").loc[24, "tracked"]
 
 
-def test_snakemake_job_reads_its_segments_and_qc_tables_merge(tmp_path):
-    table = pd.DataFrame({"segment_id": [1, 2, 3], "video_id": ["man", "man", "other"],
-                          "label": ["neutral", "happy", "sad"], "start": [0, 24, 0], "end": [8, 30, 10]})
-    table.to_parquet(tmp_path / "segments.parquet")
-    qc_files = []
-    for n in range(2):
-        qc_files.append(tmp_path / f"man{n}.qc.csv")
-        qc = run_video(VIDEOS / "man_neutral_to_happy.mp4", "man", tmp_path / "segments.parquet", {"detect_every": 5},
-                       tmp_path / f"man{n}.parquet", qc_files[-1])
-    assert list(qc["video"]) == ["man"] * 3 and list(qc["segment_id"].iloc[:2]) == [1, 2]
-    assert pd.read_parquet(tmp_path / "man0.parquet")["frame"].tolist() == list(range(8)) + list(range(24, 30))
-    merged = merge_qc(qc_files, tmp_path / "qc.csv")
-    assert len(merged) == 6 and pd.read_csv(tmp_path / "qc.csv")["label"].tolist() == ["neutral", "happy", "all"] * 2
-    # A video whose rows were all dropped (data.strict: false) gets empty outputs, not a failed job.
-    qc = run_video(VIDEOS / "man_neutral_to_happy.mp4", "nobody", tmp_path / "segments.parquet", {},
-                   tmp_path / "x.parquet", tmp_path / "x.csv")
-    assert qc.empty and pd.read_parquet(tmp_path / "x.parquet").empty
-    assert list(pd.read_parquet(tmp_path / "x.parquet").columns) == list(pd.read_parquet(tmp_path / "man0.parquet").columns)
-
-
 def test_png_crops_of_another_size(cfg, tmp_path):
     cfg.update(crop_format="png", crop_size=96)
     _, table, out_parquet, _ = run(VIDEOS / "man_neutral_to_happy.mp4", segments((1, "neutral", 0, 8)), cfg, tmp_path)
@@ -320,23 +299,49 @@ def test_opencv_dnn_needs_both_model_paths(cfg, tmp_path):
         make_detector(cfg)
 
 
-class FakeSsd:
-    """Stands in for the ResNet-10 SSD net: returns fixed detections in its output layout."""
+# --- OpenCV's ResNet-10 SSD with its real files (../shared/data/models) ----------------------------------------
 
-    def setInput(self, blob):
-        assert blob.shape == (1, 3, 300, 300)
-
-    def forward(self):
-        return np.array([[[
-            [0, 1, 0.95, 0.10, 0.10, 0.30, 0.40],  # confident, off centre
-            [0, 1, 0.60, 0.40, 0.30, 0.60, 0.70],  # confident, central
-            [0, 1, 0.20, 0.45, 0.45, 0.55, 0.55],  # below the confidence threshold
-        ]]], np.float32)
+SSD_MODELS = SHARED_DATA / "models"
 
 
-def test_ssd_output_is_scaled_to_frame_pixels_and_filtered():
-    frame = np.zeros((400, 800, 3), np.uint8)
-    detections = SsdDetector(FakeSsd(), confidence=0.5)(frame)
-    assert [round(d.score, 2) for d in detections] == [0.95, 0.6]
-    assert detections[1].box == pytest.approx((320, 120, 480, 280))
-    assert central_face(detections, 800, 400) is detections[1]
+@pytest.fixture
+def ssd_cfg(cfg) -> dict:
+    cfg.update(detector="opencv_dnn", dnn_model=str(SSD_MODELS / "res10_300x300_ssd_iter_140000.caffemodel"),
+               dnn_prototxt=str(SSD_MODELS / "deploy.prototxt"))
+    return cfg
+
+
+def test_ssd_finds_the_face_of_a_still_where_hog_does(cfg, ssd_cfg):
+    image = cv2.imread(str(FIXTURES / "single_face.jpg"))
+    detections = make_detector(ssd_cfg)(image)
+    assert isinstance(make_detector(ssd_cfg), SsdDetector) and len(detections) == 1
+    assert ssd_cfg["confidence"] <= detections[0].score <= 1
+    ssd, hog = find_face(image, ssd_cfg), find_face(image, faces_defaults())
+    (a0, b0, a1, b1), (c0, d0, c1, d1) = ssd.box, hog.box
+    inter = max(0, min(a1, c1) - max(a0, c0)) * max(0, min(b1, d1) - max(b0, d0))
+    assert inter / ((a1 - a0) * (b1 - b0) + (c1 - c0) * (d1 - d0) - inter) > 0.5  # the same face
+
+
+def test_ssd_keeps_the_central_face_of_several(ssd_cfg):
+    image = cv2.imread(str(FIXTURES / "multi_face.jpg"))
+    detections = make_detector(ssd_cfg)(image)
+    assert len(detections) >= 2 and all(d.score >= ssd_cfg["confidence"] for d in detections)
+    height, width = image.shape[:2]
+    face = find_face(image, ssd_cfg)
+    assert face is not None and face.box == central_face(detections, width, height).box
+
+
+# Measured with these files on the demo clips (the issue's figures): every frame of both face clips, and in
+# man_after_title exactly frames 96-167 (none of the title animation before, none in the last frame).
+@pytest.mark.parametrize("video,frames,found", [
+    ("woman_sad_to_happy.mp4", 472, range(472)),
+    ("man_neutral_to_happy.mp4", 72, range(72)),
+    ("man_after_title.mov", 169, range(96, 168)),
+])
+def test_ssd_on_the_demo_clips_finds_the_faces_and_none_in_the_title(ssd_cfg, tmp_path, video, frames, found):
+    qc, table, out_parquet, _ = run(VIDEOS / video, segments((1, "all", 0, frames)), ssd_cfg, tmp_path)
+    assert len(table) == frames and table.loc[table["face_found"], "frame"].tolist() == list(found)
+    assert qc.iloc[-1]["faces_found"] == len(found)
+    detected = table[table["face_found"] & ~table["tracked"]]
+    assert (detected["det_score"] >= ssd_cfg["confidence"]).all() and (detected["det_score"] <= 1).all()
+    assert yaml.safe_load(pq.read_schema(out_parquet).metadata[METADATA_KEY])["detector"] == "opencv_dnn"

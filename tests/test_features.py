@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from conftest import CLASSES
-from ferseq import crops, features, frame_model, windows
+from ferseq import crops, features, frame_model, landmark_features, windows
 from ferseq.errors import FerseqError
 from test_frame_model import demo_faces, make_config
 
@@ -37,7 +37,7 @@ def trained(demo, tmp_path_factory) -> tuple[Path, dict]:
 
 
 def face_rows(path: Path) -> pd.DataFrame:
-    table = pd.read_parquet(path, columns=["segment_id", "frame", "face_found", "crop"])
+    table = pd.read_parquet(path, columns=["segment_id", "frame", "face_found", "landmarks", "crop"])
     return table[table["face_found"]].reset_index(drop=True)
 
 
@@ -47,10 +47,11 @@ def test_one_row_per_face_frame_with_the_schema(demo, trained, tmp_path):
     stats = features.extract_features(model_path, demo.faces["man2"], demo.segments, out, config, fold=0)
 
     schema = pq.read_schema(out)
-    assert schema.names == ["video_id", "frame", "segment_id", "label", "embedding", "probs"]
+    assert schema.names == ["video_id", "frame", "segment_id", "label", "embedding", "probs", "landmarks"]
     assert schema.field("frame").type == pa.int32() and schema.field("segment_id").type == pa.int64()
     assert schema.field("embedding").type == pa.list_(pa.float32(), 512)
     assert schema.field("probs").type == pa.list_(pa.float32(), len(CLASSES["names"]))
+    assert schema.field("landmarks").type == pa.list_(pa.float32(), 136)
 
     table = pd.read_parquet(out)
     expected = face_rows(demo.faces["man2"])
@@ -71,7 +72,8 @@ def test_reloaded_model_gives_the_stored_embeddings(demo, trained, tmp_path):
     model_path, config = trained
     out = tmp_path / "woman.parquet"
     features.extract_features(model_path, demo.faces["woman"], demo.segments, out, config, fold=0)
-    stored, embeddings, probs = windows.read_features(out)  # the reader of the next stage
+    stored, per_frame = windows.read_features(out)  # the reader of the next stage
+    embeddings, probs = per_frame["embedding"], per_frame["probs"]
 
     model = frame_model.load_frame_model(model_path, "cpu")
     rows = face_rows(demo.faces["woman"])
@@ -82,6 +84,32 @@ def test_reloaded_model_gives_the_stored_embeddings(demo, trained, tmp_path):
     assert np.allclose(embeddings, again.numpy(), atol=1e-5)
     assert np.allclose(probs, logits.softmax(dim=1).numpy(), atol=1e-5)
     assert (stored["frame"].to_numpy() == rows["frame"].to_numpy()).all()
+    # The faces file's landmarks of the same frames, pose-normalised.
+    raw = np.stack(rows["landmarks"].to_numpy()).astype(np.float32)
+    assert np.allclose(per_frame["landmarks"], landmark_features.normalise(raw), atol=1e-6)
+
+
+def test_decoding_on_the_device_gives_the_features_of_the_opencv_path(demo, tmp_path):
+    """The GPU path (encoded crops, batched decode_jpeg + resize as tensor ops), here on the CPU device,
+    against OpenCV in workers: 64 px crops to 48 px (INTER_AREA by 4/3), man2's faceless frames included."""
+    torch.manual_seed(0)
+    model = frame_model.FrameModel("resnet18", CLASSES["names"], input_size=48).eval()
+    labels = dict(zip(demo.table["segment_id"], demo.table["label"]))
+    tables = {}
+    for decode in ("workers", "device"):
+        out = tmp_path / f"{decode}.parquet"
+        stats = features.extract_video(model, demo.faces["man2"], labels, out, video_id="man2", batch_size=8,
+                                       num_workers=1, decode=decode)
+        tables[decode] = pq.read_table(out)
+        assert stats["frames"] == tables[decode].num_rows == len(face_rows(demo.faces["man2"]))
+    opencv, device = tables["workers"], tables["device"]
+    assert opencv.schema == device.schema
+    for column in ("video_id", "frame", "segment_id", "label", "landmarks"):
+        assert opencv[column].equals(device[column]), column
+    for column in ("embedding", "probs"):
+        a, b = (np.stack(t[column].to_numpy(zero_copy_only=False)) for t in (opencv, device))
+        # Same pixels, so float32 rounding only; bf16 on a GPU allows 1/256 of the magnitude.
+        assert np.abs(a - b).max() <= np.abs(a).max() / 256, column
 
 
 def test_a_video_without_faces_gives_an_empty_file(demo, trained, tmp_path):

@@ -81,7 +81,7 @@ def demo_faces(root: Path) -> DemoFaces:
 
 def make_config(tmp_path: Path, **frame_model_cfg) -> dict:
     """A full config: tiny resnet18 by default, MLflow in a sqlite file under ``tmp_path``."""
-    cfg = {"backbone": "resnet18", "input_size": 32, "epochs": 2, "patience": 5, "lr": 1e-3, "batch_size": 16,
+    cfg = {"backbone": "resnet18", "pretrained": False, "input_size": 32, "epochs": 2, "patience": 5, "lr": 1e-3, "batch_size": 16,
            "dropout": 0.2, "augment": False, "num_workers": 0, "inference_batch_size": 32}
     return {"experiment": "frame-test", "seed": 3, "classes": CLASSES,
             "mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "artifact_location": None},
@@ -200,6 +200,38 @@ def test_same_seed_same_training_with_workers_and_augmentation(demo, tmp_path):
     state_a = frame_model.read_checkpoint(tmp_path / "a" / "model.pt")["state_dict"]
     state_b = frame_model.read_checkpoint(tmp_path / "b" / "model.pt")["state_dict"]
     assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+
+
+def test_training_with_crops_decoded_on_the_device(demo, tmp_path):
+    """The GPU path of the training loop (DeviceBatches: batched decode, tensor augmentation), on the CPU;
+    test_device_crops checks that its batches and augmentations follow the seed."""
+    config = make_config(tmp_path, epochs=2, augment=True, frame_stride=2)
+    result = frame_model.train_frame_model(demo.faces, demo.segments, demo.splits, 0, config, tmp_path / "model.pt",
+                                           tmp_path / "metrics.csv", decode="device")
+    losses = [row["train_loss"] for row in result["history"]]
+    assert len(losses) == 2 and np.isfinite(losses).all() and losses[1] < losses[0]
+    assert frame_model.read_checkpoint(tmp_path / "model.pt")["best_epoch"] == result["best_epoch"]
+    assert mlflow.get_run(result["run_id"]).data.params["decode"] == "device"
+
+
+def test_channels_last_changes_the_layout_not_the_outputs(tmp_path):
+    torch.manual_seed(0)
+    model = FrameModel("resnet18", CLASSES["names"], input_size=32).eval()
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    with torch.inference_mode():
+        expected = model.embed(images)
+    model = frame_model.to_device(model, "cpu")
+    assert model.memory_format == torch.channels_last
+    assert model.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        got = model.embed(images)
+    assert all(torch.allclose(e, g, atol=1e-5) for e, g in zip(expected, got))
+    # model.pt holds the default layout, whatever the layout the model trained in.
+    frame_model.save_checkpoint(tmp_path / "model.pt", model)
+    state = frame_model.read_checkpoint(tmp_path / "model.pt")["state_dict"]
+    assert state["backbone.conv1.weight"].is_contiguous()
+    loaded = frame_model.load_frame_model(tmp_path / "model.pt", "cpu")
+    assert loaded.memory_format == torch.channels_last and torch.allclose(loaded.embed(images)[1], expected[1], atol=1e-5)
 
 
 def test_a_class_without_train_frames_is_an_error_naming_it(demo, tmp_path):

@@ -3,7 +3,6 @@ the conda env matches the package, and runs can go to a real `mlflow server`."""
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 import subprocess
@@ -20,6 +19,8 @@ from snakemake.iocontainers import ResourceList
 
 from conftest import REPO, run_snakemake, write_config
 from ferseq import tracking
+from ferseq.annotations import planned_frames
+from ferseq.batches import CLIP_COST, plan, runtime_minutes
 
 SLURM_PROFILE = REPO / "workflow" / "profiles" / "slurm"
 GPU_RULES = {"frame_model", "features"}
@@ -46,9 +47,10 @@ def declared(rule) -> dict:
 
 def test_every_rule_declares_log_benchmark_threads_resources_and_env():
     rules, local = workflow_rules()
-    assert "import_annotations" in rules and local == {"all"}
+    # pretrained_weights runs where Snakemake runs (it may download): declared like the others all the same.
+    assert "import_annotations" in rules and local == {"all", "pretrained_weights"}
     for name, rule in rules.items():
-        if name in local:
+        if name == "all":
             continue
         assert rule.log, f"rule {name} has no log"
         assert rule.benchmark, f"rule {name} has no benchmark"
@@ -61,6 +63,21 @@ def test_every_rule_declares_log_benchmark_threads_resources_and_env():
     assert rules["sequence_model"]._group == "sequence_grid_{fold}"  # a fold's grid jobs are batched on a cluster
 
 
+def test_cnn_jobs_ask_for_a_cpu_per_loader_worker_and_one_for_the_main_process():
+    rules, _ = workflow_rules({"frame_model": {"num_workers": 5}})
+    assert declared(rules["frame_model"])["_cores"] == declared(rules["features"])["_cores"] == 6
+
+
+def test_grid_jobs_ask_for_a_gpu_only_when_the_config_says_cuda():
+    # auto (the default) cannot know the node; it never asks, so a CPU-only cluster never sees a GPU request.
+    for device in ("auto", "cpu"):
+        rules, _ = workflow_rules({"sequence_model": {"device": device}})
+        assert "gpu" not in declared(rules["sequence_model"]) and rules["sequence_model"]._group == "sequence_grid_{fold}"
+    rules, _ = workflow_rules({"sequence_model": {"device": "cuda"}})
+    # A GPU job goes alone: a group job would add up its jobs' GPUs for one process each.
+    assert declared(rules["sequence_model"])["gpu"] == 1 and rules["sequence_model"]._group is None
+
+
 def test_conda_env_matches_the_package_dependencies():
     env = yaml.safe_load((REPO / "envs" / "ferseq.yaml").read_text())
     pip = next(item["pip"] for item in env["dependencies"] if isinstance(item, dict))
@@ -71,13 +88,16 @@ def test_conda_env_matches_the_package_dependencies():
 
 
 def parse_dry_run(output: str) -> list[dict]:
-    """Each planned job of a ``snakemake -n`` printout: rule, resources, and the group it runs in."""
-    jobs, group = [], None
+    """Each planned job of a ``snakemake -n`` printout: rule, resources, whether it is a local rule,
+    and the group it runs in (``group``: its name; ``group_job``: which of the printed group jobs)."""
+    jobs, group, group_job = [], None, -1
     for line in output.splitlines():
         if "Group job" in line:
-            group = line.split("Group job")[1].split()[0]
-        elif (rule := re.match(r"^(\s*)(?:local)?rule (\w+):", line)):
-            jobs.append({"rule": rule.group(2), "group": group if rule.group(1) else None, "resources": {}})
+            group, group_job = line.split("Group job")[1].split()[0], group_job + 1
+        elif (rule := re.match(r"^(\s*)(local)?(?:rule|checkpoint) (\w+):", line)):
+            grouped = bool(rule.group(1))
+            jobs.append({"rule": rule.group(3), "local": bool(rule.group(2)), "group": group if grouped else None,
+                         "group_job": group_job if grouped else None, "resources": {}})
         elif line.strip().startswith("resources:") and jobs:
             jobs[-1]["resources"] = dict(item.split("=", 1) for item in line.split(":", 1)[1].strip().split(", "))
     return jobs
@@ -96,7 +116,7 @@ def slurm_dry_run(tmp_path_factory) -> list[dict]:
 def test_slurm_profile_dry_run_sizes_every_job(slurm_dry_run):
     jobs = slurm_dry_run
     rules, _ = workflow_rules({})
-    assert len(jobs) == 17 and {job["rule"] for job in jobs} == {"all"} | (set(rules) - {"import_annotations"})
+    assert len(jobs) == 17 and {job["rule"] for job in jobs} == {"all"} | (set(rules) - {"import_annotations", "pretrained_weights"})
     for job in jobs:
         if job["rule"] == "all":
             continue
@@ -140,41 +160,36 @@ def test_slurm_plugin_loads_and_turns_rule_resources_into_sbatch_options(slurm_d
         return get_submit_command(job, params) + set_gres_string(job)
 
     frame_model = sbatch("frame_model")
-    assert "-t 720" in frame_model and "--mem 8000" in frame_model and "--cpus-per-task=2" in frame_model
+    # The CNN jobs ask for the CPUs that feed the GPU: the main process and frame_model.num_workers (2) workers.
+    assert "-t 720" in frame_model and "--mem 8000" in frame_model and "--cpus-per-task=3" in frame_model
     assert "--gpus=1" in frame_model
-    faces = sbatch("faces")
+    # The demo's faces batch (all three videos, 599 frames): its time limit follows the frames it holds.
+    (batch,) = faces_batches(write_config(tmp_path / "config.yaml"))
+    faces = sbatch(f"faces_{batch.name}")
     assert "--mem 1500" in faces and "--cpus-per-task=1" in faces and "gpu" not in faces
+    assert f"-t {runtime_minutes(batch, 'hog')} " in faces and batch.frames == 599
 
 
-FAKE_SLURM_COMMAND = """#!/bin/sh
-echo "$(basename "$0") $*" >> "{calls}"
-exit 1
-"""
+def faces_batches(config_path: Path) -> list:
+    """The faces batches a config plans (as workflow/rules/faces.smk does)."""
+    config = yaml.safe_load(config_path.read_text())
+    planned = planned_frames(config["data"]["annotations"], config["data"]["videos"],
+                             {"names": config["classes"]["names"], "map": {}}, config["data"]["min_segment_frames"])
+    return plan({v: p.frames for v, p in planned.items()}, config.get("faces", {}).get("batch_frames", 10000))
 
 
-def test_slurm_run_submits_with_the_rule_resources_and_warns_about_a_local_store(tmp_path, monkeypatch):
-    """The real plugin against SLURM commands that only record their arguments and fail."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    calls = tmp_path / "calls.log"
-    for command in ("sbatch", "sinfo", "sacct", "squeue", "scontrol", "sacctmgr", "sshare"):
-        (bin_dir / command).write_text(FAKE_SLURM_COMMAND.format(calls=calls))
-        (bin_dir / command).chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    config = write_config(tmp_path / "config.yaml")
-    done = run_snakemake(tmp_path, "--configfile", str(config), "--profile", str(SLURM_PROFILE), "--retries", "0",
-                         "--slurm-init-seconds-before-status-checks", "1")
-    assert done.returncode != 0  # the fake sbatch refuses every job
-    output = done.stdout + done.stderr
-    assert "mlflow.tracking_uri is a local sqlite store but jobs run on a cluster" in output
-    # Only the first job (segments) can be submitted; its sbatch line carries the rule's figures.
-    sbatch = [line for line in calls.read_text().splitlines() if line.startswith("sbatch ")]
-    rules, _ = workflow_rules({})
-    segments = declared(rules["segments"])
-    assert len(sbatch) == 1 and "--comment rule_segments" in sbatch[0]
-    for option in ("-p cpu", f"-t {segments['runtime']}", f"--mem {segments['mem_mb']}",
-                   f"--cpus-per-task={segments['_cores']}"):
-        assert f" {option} " in sbatch[0], option
+def test_slurm_profile_sizes_a_faces_batch_by_its_frames(tmp_path):
+    # One video per batch (faces.batch_frames: 1) and the slow MMOD detector: the woman clip (466 frames) gets
+    # more time than the man's (68 frames).
+    config = write_config(tmp_path / "config.yaml", faces={"batch_frames": 1, "detector": "mmod"})
+    batches = {b.videos[0]: b for b in faces_batches(config)}
+    done = run_snakemake(tmp_path, "--configfile", str(config), "--profile", str(SLURM_PROFILE), "--dry-run")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    runtimes = {job["rule"]: int(job["resources"]["runtime"]) for job in parse_dry_run(done.stdout)
+                if job["rule"].startswith("faces_b")}
+    assert runtimes == {f"faces_{b.name}": runtime_minutes(b, "mmod") for b in batches.values()}
+    woman, man = batches["woman_sad_to_happy"], batches["man_neutral_to_happy"]
+    assert runtimes[f"faces_{woman.name}"] > runtimes[f"faces_{man.name}"] and woman.cost == 466 + CLIP_COST
 
 
 def free_port() -> int:

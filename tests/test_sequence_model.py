@@ -1,4 +1,4 @@
-"""LSTM family, weighted loss, early stopping, grid points and their selection."""
+"""LSTM family, weighted loss, early stopping, grid points trained together, and their selection."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from ferseq import grid, search, sequence_model, windows
+from ferseq import fused_lstm, grid, search, sequence_model, windows
 
 
 def windows_of(n: int, classes: int, rng: np.random.Generator, separable: bool = True, dim: int = 8, length: int = 6):
@@ -89,7 +89,7 @@ def test_grid_point_and_selection_log_to_mlflow(tmp_path):
         table = pd.DataFrame({
             "window_id": np.arange(n), "segment_id": np.arange(n), "video_id": "v", "subject": "s",
             "label": [classes[i] for i in y], "first_frame": 0, "last_frame": 5})
-        windows.write(tmp_path / "w" / f"{split}.parquet", table, x, np.zeros((n, 6, 2), np.float32))
+        windows.write(tmp_path / "w" / f"{split}.parquet", table, {"embedding": x, "probs": np.zeros((n, 6, 2), np.float32)})
     config = {"experiment": "grid-test", "seed": 0, "classes": {"names": classes},
               "mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"},
               "sequence_model": {"architectures": ["lstm"], "lr": [0.01, 0.1], "hidden": [8], "dropout": [0.5],
@@ -111,5 +111,142 @@ def test_grid_point_and_selection_log_to_mlflow(tmp_path):
     assert len(children) == 2 and all(r.data.tags["stage"] == "sequence_model" for r in children)
     (parent_run,) = [r for r in runs if r.info.run_id == parent]
     assert parent_run.data.params["best.lr"] == str(best["lr"])
-    assert len(mlflow.MlflowClient().get_metric_history(children[0].info.run_id, "val_loss")) == len(
-        torch.load(tmp_path / "lstm" / (grid.point_name(0.01, 8, 0.5) + ".pt"), weights_only=False)["history"])
+    # The points trained together, each with its own finished child run and per-epoch metrics.
+    client = mlflow.MlflowClient()
+    for stem in stems:
+        checkpoint = torch.load(f"{stem}.pt", weights_only=False)
+        run = client.get_run(checkpoint["metrics"]["run_id"])
+        assert run.info.status == "FINISHED" and run.data.tags["mlflow.parentRunId"] == parent
+        assert run.info.run_name == f"lstm-{stem.name}" and run.data.params["lr"] == str(checkpoint["metrics"]["lr"])
+        assert run.data.params["device"] == "cpu"
+        history = client.get_metric_history(run.info.run_id, "val_loss")
+        assert [m.step for m in history] == [h["epoch"] for h in checkpoint["history"]]
+        assert [m.value for m in history] == pytest.approx([h["val_loss"] for h in checkpoint["history"]])
+        assert run.data.metrics["best_epoch"] == checkpoint["metrics"]["best_epoch"]
+        assert checkpoint["features"] == "embedding" and set(checkpoint) >= {
+            "state_dict", "arch", "input_dim", "hidden", "dropout", "classes", "window_length", "history", "metrics"}
+        model, _ = search.load_model(f"{stem}.pt")
+        assert isinstance(model, sequence_model.SequenceClassifier)
+
+
+def test_a_job_asking_for_cuda_without_a_gpu_stops_before_writing(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    config = {"seed": 0, "classes": {"names": ["a", "b"]}, "sequence_model": {"device": "cuda"}}
+    with pytest.raises(ValueError, match="sequence_model.device is 'cuda'"):
+        search.run_points(tmp_path / "w", "lstm", 8, [(0.01, 0.5)], config, 0, "parent",
+                          [tmp_path / "m.pt"], [tmp_path / "m.json"])
+    assert not list(tmp_path.iterdir())
+    with pytest.raises(ValueError, match="sequence_model.device: 'gpu'"):
+        fused_lstm.choose_device("gpu")
+    assert fused_lstm.choose_device("auto") == fused_lstm.choose_device("cpu") == torch.device("cpu")
+
+
+@pytest.mark.parametrize("arch", ["lstm", "lstm2", "bilstm"])
+def test_a_point_trained_with_others_equals_the_point_trained_alone(arch):
+    """Item 4 of the fused trainer: same seed and batch order -> same loss curves, best epoch and weights
+    as the reference path (nn.LSTM SequenceClassifier + torch.optim.Adam), while the other points differ."""
+    rng = np.random.default_rng(4)
+    train_x, train_y = windows_of(70, 3, rng, dim=8)
+    val_x, val_y = windows_of(30, 3, rng, dim=8)
+    train_x[:, :, 0] *= 0.5  # a harder task: val loss turns within a few epochs, so points stop early
+    # Different lr and dropout (0 included: no masks drawn); lr 0.05 overfits and stops first.
+    points = [fused_lstm.Point(0.01, 0.5, 7), fused_lstm.Point(0.05, 0.0, 7), fused_lstm.Point(0.003, 0.3, 7)]
+    common = dict(num_classes=3, epochs=15, patience=3, batch_size=16)
+    # Two fused stacks (points 0-1 and point 2), as the CPU cuts a large job.
+    together = fused_lstm.train_points(train_x, train_y, val_x, val_y, arch=arch, hidden=5, points=points,
+                                       order_seed=7, stack_size=2, **common)
+    stopped = set()
+    for point, fused in zip(points, together):
+        alone = sequence_model.train(train_x, train_y, val_x, val_y, arch=arch, lr=point.lr, hidden=5,
+                                     dropout=point.dropout, seed=7, **common)
+        assert len(fused.history) == len(alone.history) and fused.best_epoch == alone.best_epoch
+        # Rounding differs (batched products vs the oneDNN LSTM kernel) by ~1e-7 at first; a point that
+        # fits its train set fast (lstm2, lr 0.05) amplifies that to ~3e-4 by epoch 11. Points that differ
+        # in lr or dropout differ by more than 1e-2 (checked below).
+        for key in ("train_loss", "val_loss"):
+            assert [h[key] for h in fused.history] == pytest.approx([h[key] for h in alone.history], rel=1e-3)
+        assert [h["val_macro_f1"] for h in fused.history] == [h["val_macro_f1"] for h in alone.history]
+        assert fused.state_dict.keys() == alone.state_dict.keys()
+        for name, value in alone.state_dict.items():
+            assert torch.allclose(fused.state_dict[name], value, atol=1e-3), name
+        stopped.add(len(fused.history))
+        # The checkpoint layout is nn.LSTM's: a SequenceClassifier loads it as it is.
+        model = sequence_model.SequenceClassifier(arch, 8, 5, 3, point.dropout)
+        model.load_state_dict(fused.state_dict)
+    assert len(stopped) > 1 and min(stopped) < common["epochs"]  # points stopped at different epochs
+    first, third = ([h["train_loss"] for h in p.history[:3]] for p in (together[0], together[2]))
+    assert first != pytest.approx(third, rel=1e-2)
+
+
+def test_points_trained_together_stop_on_their_own_val_loss():
+    rng = np.random.default_rng(1)
+    train_x, train_y = windows_of(64, 2, rng)
+    val_x, val_y = windows_of(32, 2, rng, separable=False)  # val labels are noise: val loss stops improving
+    points = [fused_lstm.Point(lr, 0.0, 1) for lr in (0.05, 0.01)]
+    results = fused_lstm.train_points(train_x, train_y, val_x, val_y, arch="bilstm", hidden=16, points=points,
+                                      num_classes=2, epochs=200, patience=3, batch_size=16, order_seed=1)
+    for result in results:
+        assert len(result.history) == result.best_epoch + 3 < 200
+        best = min(result.history, key=lambda h: h["val_loss"])
+        assert result.best_epoch == best["epoch"] and result.val_loss == best["val_loss"]
+
+
+def test_the_gpu_way_on_the_cpu_trains_every_point_and_leaves_dropout_free_points_as_alone():
+    """exact=False is what a GPU runs (one mask draw for all points, Adam on whole stacks): run it here.
+    A point without dropout draws no mask, so it still equals the point trained alone."""
+    rng = np.random.default_rng(7)
+    train_x, train_y = windows_of(60, 3, rng)
+    val_x, val_y = windows_of(30, 3, rng)
+    points = [fused_lstm.Point(0.01, 0.0, 3), fused_lstm.Point(0.01, 0.5, 3), fused_lstm.Point(0.03, 0.8, 3)]
+    common = dict(num_classes=3, epochs=6, patience=6, batch_size=16)
+    results = fused_lstm.train_points(train_x, train_y, val_x, val_y, arch="lstm2", hidden=6, points=points,
+                                      order_seed=3, exact=False, **common)
+    alone = sequence_model.train(train_x, train_y, val_x, val_y, arch="lstm2", lr=0.01, hidden=6, dropout=0.0,
+                                 seed=3, **common)
+    assert [h["val_loss"] for h in results[0].history] == pytest.approx([h["val_loss"] for h in alone.history], rel=1e-4)
+    for result in results[1:]:
+        losses = [h["train_loss"] for h in result.history]
+        assert losses[-1] < losses[0] and result.best_epoch > 0
+
+
+def test_dropout_drawn_at_once_keeps_each_points_rate():
+    x = torch.ones(3, 400, 50)
+    out = fused_lstm.Dropout([0.0, 0.5, 0.8], None, torch.device("cpu"), 0)(x)
+    assert torch.equal(out[0], x[0])
+    for k, p in ((1, 0.5), (2, 0.8)):
+        kept = out[k] != 0
+        assert abs(kept.float().mean().item() - (1 - p)) < 0.02
+        assert torch.allclose(out[k][kept], torch.tensor(1 / (1 - p)))
+
+
+def test_points_with_their_own_seeds_start_from_their_own_weights():
+    rng = np.random.default_rng(5)
+    train_x, train_y = windows_of(20, 2, rng)
+    val_x, val_y = windows_of(10, 2, rng)
+    points = [fused_lstm.Point(0.01, 0.5, seed) for seed in (1, 2)]
+    a, b = fused_lstm.train_points(train_x, train_y, val_x, val_y, arch="lstm", hidden=4, points=points,
+                                   num_classes=2, epochs=1, patience=1, batch_size=8, order_seed=1)
+    assert not torch.equal(a.state_dict["lstm.weight_hh_l0"], b.state_dict["lstm.weight_hh_l0"])
+
+
+def test_macro_f1_of_many_points_is_sklearns():
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(6)
+    y = rng.integers(0, 4, 50)
+    y[y == 2] = 1  # a class absent from the labels does not count
+    preds = rng.integers(0, 4, (5, 50))
+    preds[0] = y
+    expected = [f1_score(y, p, labels=np.unique(y), average="macro", zero_division=0) for p in preds]
+    assert list(fused_lstm.macro_f1(y, preds)) == expected and expected[0] == 1.0
+
+
+def test_the_written_out_backward_pass_matches_autograd():
+    """The recurrence's hand-written backpropagation through time against numerical gradients (double)."""
+    torch.manual_seed(0)
+    steps, groups, batch, hidden = 4, 3, 2, 3
+    gx = torch.randn(steps, groups, batch, 4 * hidden, dtype=torch.float64, requires_grad=True)
+    w_hh = torch.randn(groups, 4 * hidden, hidden, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda g, w: fused_lstm.Recurrence.apply(g, w), (gx, w_hh))
+    assert torch.autograd.gradcheck(lambda g, w: fused_lstm.Recurrence.apply(g, w)[1], (gx, w_hh))

@@ -79,3 +79,87 @@ def test_two_processes_log_into_one_new_store_at_once(tmp_path):
         history = client.get_metric_history(run.info.run_id, "value")
         assert len(history) == 20
         assert sorted(m.step for m in history) == list(range(20))
+
+
+def _start_and_hang(db_dir: str, started) -> None:
+    cfg = {"experiment": "killed", "mlflow": {"tracking_uri": f"sqlite:///{db_dir}/mlflow.db"}}
+    with tracking.start_run(cfg, "frame_model", fold=0):
+        mlflow.log_metric("train_loss", 1.0, step=1)
+        started.set()
+        import time
+
+        time.sleep(600)  # killed long before
+
+
+def test_a_killed_steps_run_is_marked_killed_when_the_step_runs_again(tmp_path):
+    ctx = mp.get_context("spawn")
+    started = ctx.Event()
+    proc = ctx.Process(target=_start_and_hang, args=(str(tmp_path), started))
+    proc.start()
+    assert started.wait(120)
+    proc.kill()  # SIGKILL: the run cannot end itself
+    proc.join(30)
+    cfg = {"experiment": "killed", "mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"}}
+    mlflow.set_tracking_uri(cfg["mlflow"]["tracking_uri"])
+    (orphan,) = mlflow.search_runs(experiment_names=["killed"], output_format="list")
+    assert orphan.info.status == "RUNNING"
+    # Another step's run leaves it alone; the same step (stage, fold, run name) starting again ends it.
+    with tracking.start_run(cfg, "frame_model", fold=1):
+        pass
+    assert mlflow.get_run(orphan.info.run_id).info.status == "RUNNING"
+    with tracking.start_run(cfg, "frame_model", fold=0) as again:
+        pass
+    assert mlflow.get_run(orphan.info.run_id).info.status == "KILLED"
+    assert mlflow.get_run(again.info.run_id).info.status == "FINISHED"
+
+
+def test_runs_name_their_step_as_source_and_the_experiment_opens_on_training_runs(tmp_path):
+    cfg = config(tmp_path)
+    with tracking.start_run(cfg, "evaluate", fold=3, run_name="evaluate-cnn_lstm-fold3") as run:
+        pass
+    tags = mlflow.get_run(run.info.run_id).data.tags
+    assert tags["mlflow.source.name"] == "ferseq evaluate (fold 3)" and tags["mlflow.source.type"] == "JOB"
+    experiment = mlflow.get_experiment_by_name("ferseq-test")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    # A store made before the tag existed gets it the next time a run starts.
+    client = mlflow.MlflowClient()
+    client.delete_experiment_tag(experiment.experiment_id, "mlflow.experimentKind")
+    with tracking.start_run(cfg, "features", fold=0):
+        pass
+    assert mlflow.get_experiment_by_name("ferseq-test").tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_ui_address_opens_the_experiments_runs_as_model_training(tmp_path):
+    cfg = config(tmp_path)
+    assert tracking.runs_url(cfg, "http://127.0.0.1:5000") == "http://127.0.0.1:5000/#/?workflowType=machine_learning"
+    with tracking.start_run(cfg, "frame_model", fold=0):
+        pass
+    experiment = mlflow.get_experiment_by_name("ferseq-test").experiment_id
+    assert tracking.runs_url(cfg, "http://h:5000/") == (
+        f"http://h:5000/#/experiments/{experiment}/runs?workflowType=machine_learning")
+
+
+def test_sibling_child_runs_are_open_at_once_and_end_together(tmp_path):
+    cfg = config(tmp_path)
+    with tracking.start_run(cfg, "sequence_search", fold=0) as parent:
+        pass
+    client = mlflow.MlflowClient()
+    with tracking.open_child_runs(cfg, "sequence_model", 0, ["lstm-a", "lstm-b"], parent.info.run_id) as (a, b):
+        assert {client.get_run(r).info.status for r in (a, b)} == {"RUNNING"}
+        client.log_batch(b, metrics=[mlflow.entities.Metric("val_loss", 0.5, 0, 1)])
+    for run_id, name in ((a, "lstm-a"), (b, "lstm-b")):
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED" and run.info.run_name == name
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id and run.data.tags["stage"] == "sequence_model"
+        assert run.data.tags[tracking.STEP_TAG] == f"sequence_model|0|{name}"
+        assert mlflow.artifacts.load_dict(f"runs:/{run_id}/config.json") == cfg
+    assert client.get_run(b).data.metrics["val_loss"] == 0.5
+    # A point's run left RUNNING by a killed job is marked KILLED when the job runs again.
+    experiment = tracking.experiment_id(cfg)
+    orphan = client.create_run(experiment, tags=tracking.run_tags(cfg, "sequence_model", 0, "lstm-b")).info.run_id
+    # An error ends every run FAILED.
+    with pytest.raises(RuntimeError):
+        with tracking.open_child_runs(cfg, "sequence_model", 0, ["lstm-a", "lstm-b"], parent.info.run_id) as failed:
+            raise RuntimeError("training diverged")
+    assert {client.get_run(r).info.status for r in failed} == {"FAILED"}
+    assert client.get_run(orphan).info.status == "KILLED"

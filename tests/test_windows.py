@@ -16,7 +16,8 @@ def features_for(spans: list[tuple[int, int, int]], missing: set[int] = frozense
     table = pd.DataFrame(rows, columns=["segment_id", "frame"]).assign(video_id="v")
     embeddings = np.repeat(table["frame"].to_numpy(np.float32)[:, None], dim, axis=1)
     probs = np.full((len(table), classes), 1 / classes, np.float32)
-    return table, embeddings, probs
+    landmarks = np.repeat(-table["frame"].to_numpy(np.float32)[:, None], 136, axis=1)
+    return table, {"embedding": embeddings, "probs": probs, "landmarks": landmarks}
 
 
 SEGMENTS = pd.DataFrame([
@@ -35,9 +36,12 @@ def test_stride_and_starts():
 
 
 def test_no_overlap_counts_and_boundaries():
-    table, emb, probs = windows.cut(*FEATURES, SEGMENTS, 16, {})
+    table, m = windows.cut(*FEATURES, SEGMENTS, 16, {})
+    emb = m["embedding"]
     assert table.groupby("segment_id").size().to_dict() == {1: 2, 2: 1}
-    assert emb.shape == (3, 16, 4) and probs.shape == (3, 16, 2)
+    assert emb.shape == (3, 16, 4) and m["probs"].shape == (3, 16, 2) and m["landmarks"].shape == (3, 16, 136)
+    # Every per-frame column is cut from the same frames.
+    assert np.array_equal(m["landmarks"][..., 0], -emb[..., 0])
     bounds = SEGMENTS.set_index("segment_id")
     for w in table.itertuples():
         assert bounds.at[w.segment_id, "start"] <= w.first_frame and w.last_frame < bounds.at[w.segment_id, "end"]
@@ -47,41 +51,44 @@ def test_no_overlap_counts_and_boundaries():
 
 
 def test_class_overlap_applies_to_its_class_only():
-    table, _, _ = windows.cut(*FEATURES, SEGMENTS, 16, {"happy": 0.5})
+    table, _ = windows.cut(*FEATURES, SEGMENTS, 16, {"happy": 0.5})
     assert table.groupby("segment_id").size().to_dict() == {1: 4, 2: 1}
     assert table[table.segment_id == 1]["first_frame"].tolist() == [0, 8, 16, 24]
-    table, _, _ = windows.cut(*FEATURES, SEGMENTS, 16, {"happy": 0.5, "sad": 0.3})
+    table, _ = windows.cut(*FEATURES, SEGMENTS, 16, {"happy": 0.5, "sad": 0.3})
     assert table[table.segment_id == 2]["first_frame"].tolist() == [0 + 40, 11 + 40]
 
 
 def test_missing_faces_drop_or_repeat():
     features = features_for([(1, 0, 40)], missing={10, 11, 12, 13})
-    table, emb, _ = windows.cut(*features, SEGMENTS[:1], 16, {"happy": 0.5}, policy="drop")
+    table, m = windows.cut(*features, SEGMENTS[:1], 16, {"happy": 0.5}, policy="drop")
     assert table["first_frame"].tolist() == [0, 8, 20]  # 36 face frames: positions 0, 8, 16 = frames 0, 8, 20
-    assert 10 not in emb[0, :, 0]
-    table, emb, _ = windows.cut(*features, SEGMENTS[:1], 16, {"happy": 0.5}, policy="repeat")
+    assert 10 not in m["embedding"][0, :, 0]
+    table, m = windows.cut(*features, SEGMENTS[:1], 16, {"happy": 0.5}, policy="repeat")
+    emb = m["embedding"]
     assert table["first_frame"].tolist() == [0, 8, 16, 24]
     assert emb[0, 9:15, 0].tolist() == [9, 9, 9, 9, 9, 14]  # frames 10-13 repeat frame 9
     leading = features_for([(1, 0, 40)], missing={0, 1, 2})
-    _, emb, _ = windows.cut(*leading, SEGMENTS[:1], 16, {}, policy="repeat")
-    assert emb[0, :4, 0].tolist() == [3, 3, 3, 3]  # a leading gap takes the first face frame
+    _, m = windows.cut(*leading, SEGMENTS[:1], 16, {}, policy="repeat")
+    assert m["embedding"][0, :4, 0].tolist() == [3, 3, 3, 3]  # a leading gap takes the first face frame
 
 
 def test_segment_without_faces_gives_no_window():
-    table, emb, _ = windows.cut(*features_for([(2, 40, 71)]), SEGMENTS[:1], 16, {})
-    assert table.empty and emb.shape == (0, 16, 4)
+    table, m = windows.cut(*features_for([(2, 40, 71)]), SEGMENTS[:1], 16, {})
+    assert table.empty and m["embedding"].shape == (0, 16, 4)
 
 
 def test_write_read_round_trip_and_stage_counts(tmp_path):
-    table, emb, probs = windows.cut(*FEATURES, SEGMENTS, 16, {"happy": 0.5})
-    windows.write(tmp_path / "w.parquet", table, emb, probs)
-    back, emb2, probs2 = windows.read(tmp_path / "w.parquet")
+    table, m = windows.cut(*FEATURES, SEGMENTS, 16, {"happy": 0.5})
+    windows.write(tmp_path / "w.parquet", table, m)
+    back, m2 = windows.read(tmp_path / "w.parquet")
     pd.testing.assert_frame_equal(back, table)
-    assert np.array_equal(emb, emb2) and np.array_equal(probs, probs2)
+    assert m.keys() == m2.keys() and all(np.array_equal(m[k], m2[k]) for k in m)
+    _, only = windows.read(tmp_path / "w.parquet", ["landmarks"])
+    assert list(only) == ["landmarks"] and np.array_equal(only["landmarks"], m["landmarks"])
 
-    frames, embeddings, probs = FEATURES
+    frames, per_frame = FEATURES
     pd.DataFrame({"video_id": "v", "frame": frames["frame"], "segment_id": frames["segment_id"], "label": "x",
-                  "embedding": list(embeddings), "probs": list(probs)}).to_parquet(tmp_path / "v.parquet")
+                  **{k: list(v) for k, v in per_frame.items()}}).to_parquet(tmp_path / "v.parquet")
     SEGMENTS.assign(frames=SEGMENTS.end - SEGMENTS.start).to_parquet(tmp_path / "segments.parquet")
     splits = pd.DataFrame({"fold": 0, "segment_id": [1, 2, 3], "split": ["train", "test", "val"]})
     splits.to_parquet(tmp_path / "splits.parquet")
@@ -93,10 +100,30 @@ def test_write_read_round_trip_and_stage_counts(tmp_path):
     got = counts.set_index(["split", "label"])["windows"].to_dict()
     assert got[("train", "happy")] == 4 and got[("test", "sad")] == 1  # no overlap in test, even for sad (0.3)
     assert got[("val", "sad")] == 0
-    test_table, _, _ = windows.read(tmp_path / "out" / "test.parquet")
+    test_table, _ = windows.read(tmp_path / "out" / "test.parquet")
     assert test_table["first_frame"].tolist() == [40]
-    val_table, val_emb, _ = windows.read(tmp_path / "out" / "val.parquet")
-    assert val_table.empty and val_emb.shape == (0, 16, 4)
+    val_table, val_m = windows.read(tmp_path / "out" / "val.parquet")
+    assert val_table.empty and val_m["embedding"].shape == (0, 16, 4) and val_m["landmarks"].shape == (0, 16, 136)
+
+
+def test_sequence_inputs_follow_windows_features():
+    _, m = windows.cut(*FEATURES, SEGMENTS, 16, {})
+    assert windows.inputs(m, "embedding") is m["embedding"]
+    assert windows.inputs(m, "landmarks") is m["landmarks"]
+    both = windows.inputs(m, "both")
+    assert both.shape == (3, 16, 4 + 136)
+    assert np.array_equal(both[..., :4], m["embedding"]) and np.array_equal(both[..., 4:], m["landmarks"])
+    with pytest.raises(ValueError, match="windows.features"):
+        windows.inputs(m, "pixels")
+    with pytest.raises(ValueError, match="rerun the features stage"):
+        windows.inputs({"embedding": m["embedding"]}, "both")
+
+
+def test_reference_overlap_fits_any_class_list():
+    assert windows.overlaps({"overlap": None}, ["neutral", "happy", "sad", "pensive"]) == {"happy": 0.5, "pensive": 0.3}
+    assert windows.overlaps({"overlap": None}, ["anger", "happy", "fear"]) == {"happy": 0.5}
+    assert windows.overlaps({}, ["anger", "fear"]) == {}
+    assert windows.overlaps({"overlap": {"fear": 0.5}}, ["anger", "fear"]) == {"fear": 0.5}
 
 
 def test_unknown_policy_is_an_error():

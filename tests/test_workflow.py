@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import mlflow
 import pandas as pd
@@ -11,23 +12,14 @@ import torch
 import pyarrow.parquet as pq
 import yaml
 
-from conftest import DEMO, REPO, run_snakemake, write_config
+from conftest import DEMO, REPO, SMALL, run_snakemake, write_config
 
 DATA_OUTPUTS = ["results/data/segments.parquet", "results/data/splits.parquet", "results/data/split_summary.csv"]
-# Small settings: the whole DAG, raw videos to summary, in about a minute on 2 cores.
-SMALL = {
-    "frame_model": {"backbone": "legacy_xception", "pretrained": False, "input_size": 64, "epochs": 2, "patience": 2,
-                    "frame_stride": 3, "batch_size": 16, "lr": 0.001, "num_workers": 1},
-    "sequence_model": {"architectures": ["lstm", "bilstm"], "lr": [0.01], "hidden": [16], "dropout": [0.5],
-                       "epochs": 30, "patience": 5},
-}
 
 
-def test_demo_dag_from_raw_videos_to_summary_then_nothing_to_do(tmp_path):
-    config = write_config(tmp_path / "config.yaml", **SMALL)
-    done = run_snakemake(tmp_path, "--configfile", str(config), "--cores", "2")
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    results = tmp_path / "results"
+def test_demo_dag_from_raw_videos_to_summary_then_nothing_to_do(demo_run, tmp_path):
+    config = demo_run / "config.yaml"
+    results = demo_run / "results"
 
     # data: the demo config cuts segments to <= 48 frames and splits by segment, so every split has every class.
     segments = pd.read_parquet(results / "data/segments.parquet")
@@ -39,7 +31,7 @@ def test_demo_dag_from_raw_videos_to_summary_then_nothing_to_do(tmp_path):
     assert pq.read_schema(results / "data/splits.parquet").metadata[b"ferseq.identity_leak"] == b"true"
     assert "identity leaks" in (results / "logs/data/splits.log").read_text()
 
-    # faces: one job per video, a row for every annotated frame, faces in (nearly) all of them.
+    # faces: one batch job for the three videos, a row for every annotated frame, faces in (nearly) all of them.
     qc = pd.read_csv(results / "faces/qc.csv")
     videos = qc[qc["label"] == "all"].set_index("video")
     assert videos["frames"].to_dict() == {"man_after_title": 65, "man_neutral_to_happy": 68, "woman_sad_to_happy": 466}
@@ -56,28 +48,54 @@ def test_demo_dag_from_raw_videos_to_summary_then_nothing_to_do(tmp_path):
     test_windows = pd.read_parquet(results / "folds/0/windows/test.parquet", columns=["window_id", "label"])
     best = json.loads((results / "folds/0/sequence_model/best.json").read_text())
     assert best["arch"] in ("lstm", "bilstm") and best["points"] == 2
-    tables = {m: pd.read_csv(results / f"folds/0/evaluation/{m}.csv").set_index("class") for m in ("per_frame", "aggregation", "cnn_lstm")}
-    assert tables["aggregation"].at["accuracy", "support"] == tables["cnn_lstm"].at["accuracy", "support"] == len(test_windows)
+    methods = ("per_frame", "aggregation", "cnn_lstm", "landmarks", "landmarks_aggregation")
+    tables = {m: pd.read_csv(results / f"folds/0/evaluation/{m}.csv").set_index("class") for m in methods}
+    for method in ("aggregation", "cnn_lstm", "landmarks_aggregation"):
+        assert tables[method].at["accuracy", "support"] == len(test_windows)
+    # The landmark baseline is scored on exactly the per-frame CNN's test frames, class by class.
     assert tables["per_frame"].at["accuracy", "support"] == 16 * len(test_windows)
+    assert tables["landmarks"]["support"].tolist() == tables["per_frame"]["support"].tolist()
+    baseline = json.loads((results / "folds/0/landmark_baseline/metrics.json").read_text())
+    assert baseline["train_frames"] > 100 and baseline["C"] > 0
     # The grid points really trained on the demo windows: the training loss went down.
     for point in results.glob("folds/0/sequence_model/*/*.pt"):
         history = torch.load(point, weights_only=False)["history"]
         assert history[-1]["train_loss"] < history[0]["train_loss"], point
     summary = (results / "evaluation/summary.md").read_text()
     assert "CNN-LSTM" in summary and "Identity leaks across splits" in summary and "private" in summary
+    assert "landmark baseline, per frame" in summary and "landmark baseline, window mean" in summary
+    assert len(pd.read_csv(results / "evaluation/summary.csv")) == 5
 
     # MLflow: every training and evaluation step has its tagged run in the local store.
     mlflow.set_tracking_uri(f"sqlite:///{results}/mlflow.db")
     runs = mlflow.search_runs(experiment_names=["ferseq-demo"], output_format="list")
     stages = pd.Series([r.data.tags["stage"] for r in runs]).value_counts().to_dict()
-    assert stages == {"frame_model": 1, "features": 1, "sequence_search": 1, "sequence_model": 2, "evaluate": 3}
+    assert stages == {"frame_model": 1, "features": 1, "landmark_baseline": 1, "sequence_search": 1,
+                      "sequence_model": 2, "evaluate": 5}
     assert {r.data.tags["fold"] for r in runs} == {"0"}
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert {r.data.tags["mlflow.source.name"] for r in runs if r.data.tags["stage"] == "evaluate"} == {"ferseq evaluate (fold 0)"}
 
-    again = run_snakemake(tmp_path, "--configfile", str(config), "--cores", "2", "-n")
+    again = run_snakemake(demo_run, "--configfile", str(config), "--cores", "2", "-n")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
-    report = run_snakemake(tmp_path, "--configfile", str(config), "--report", str(results / "report.html"))
+    report = run_snakemake(demo_run, "--configfile", str(config), "--report", str(tmp_path / "report.html"))
     assert report.returncode == 0, report.stdout[-2000:] + report.stderr[-2000:]
-    assert (results / "report.html").stat().st_size > 100_000
+    assert (tmp_path / "report.html").stat().st_size > 100_000
+
+
+def test_windows_features_retrains_the_grid_only(demo_run, tmp_path):
+    # Landmark sequences: windows hold every per-frame column, so windows.features reruns the grid and evaluation.
+    shutil.copytree(demo_run, tmp_path / "run", symlinks=True)
+    tmp_path = tmp_path / "run"
+    results = tmp_path / "results"
+    both = write_config(tmp_path / "both.yaml", **SMALL, windows={"length": 16, "features": "both"})
+    rerun = run_snakemake(tmp_path, "--configfile", str(both), "--cores", "2")
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert "rule windows:" not in rerun.stdout + rerun.stderr and "rule features:" not in rerun.stdout + rerun.stderr
+    best = json.loads((results / "folds/0/sequence_model/best.json").read_text())
+    checkpoint = torch.load(tmp_path / best["model"], weights_only=False)
+    assert checkpoint["features"] == "both" and checkpoint["input_dim"] == 512 + 136
+    assert len(pd.read_csv(results / "evaluation/summary.csv")) == 5
 
 
 @pytest.mark.parametrize("scheme,folds", [("holdout", 1), ("kfold", 3)])
@@ -90,7 +108,9 @@ def test_grid_expands_to_one_job_per_architecture_hidden_size_and_fold(tmp_path,
                 if len(line.split()) == 2 and line.split()[1].isdigit())
     assert int(jobs["sequence_model"]) == 6 * folds  # 3 architectures x 2 hidden, each job 2 lr x 2 dropout points
     assert int(jobs["select_sequence_model"]) == int(jobs["frame_model"]) == int(jobs["evaluate"]) == folds
-    assert int(jobs["features"]) == folds and int(jobs["faces"]) == 3
+    assert int(jobs["features"]) == folds
+    # The demo's three videos (599 frames) are one faces batch, whatever the folds.
+    assert [rule for rule in jobs if rule.startswith("faces_")] == ["faces_segments", "faces_b54cc7bd6ed", "faces_qc"]
     for arch, name in [("lstm2", "lr0.001_h32_d0.6"), ("bilstm", "lr0.01_h16_d0.4")]:
         assert f"results/folds/0/sequence_model/{arch}/{name}.pt" in done.stdout
 
@@ -132,6 +152,26 @@ def test_grid_values_that_would_name_one_file_twice_are_named(tmp_path, lr, mess
     config = write_config(tmp_path / "config.yaml", sequence_model__lr=lr)
     done = run_snakemake(tmp_path, "--configfile", str(config), "-n")
     assert done.returncode != 0 and message in done.stdout + done.stderr
+
+
+def test_a_malformed_annotation_file_stops_the_dag_with_its_line(tmp_path):
+    table = tmp_path / "annotations.csv"
+    table.write_text((DEMO / "annotations.csv").read_text() + "man_neutral_to_happy.mp4,man,happy,60,70,uk,extra\n")
+    config = write_config(tmp_path / "config.yaml", data__annotations=str(table))
+    done = run_snakemake(tmp_path, "--configfile", str(config), "-n")
+    output = done.stdout + done.stderr
+    assert done.returncode != 0 and "line 9: 7 fields, the header has 5" in output and "Traceback" not in output
+
+
+def test_reference_overlap_fits_a_class_list_without_its_classes(tmp_path):
+    # CK+-like classes: the reference overlap (happy, pensive) applies to happy only; no error.
+    classes = {"names": ["neutral", "happy", "sad", "anger"], "map": {"pensive": "sad"}}
+    config = write_config(tmp_path / "config.yaml", classes=classes, windows={"length": 16})
+    done = run_snakemake(tmp_path, "--configfile", str(config), "-n")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    explicit = write_config(tmp_path / "explicit.yaml", classes=classes, windows={"overlap": {"pensive": 0.3}})
+    done = run_snakemake(tmp_path, "--configfile", str(explicit), "-n")
+    assert done.returncode != 0 and "windows.overlap.pensive: not one of classes.names" in done.stdout + done.stderr
 
 
 def test_bad_annotation_row_fails_the_run_and_leaves_no_output(tmp_path):

@@ -9,6 +9,8 @@ Row numbers count data rows from 1, so row 1 is the line after a CSV header.
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -55,8 +57,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
     if path.suffix.lower() == ".parquet":
         table = pd.read_parquet(path)
     elif path.suffix.lower() == ".csv":
-        # Text only: numbers are parsed below, so "12.5" or "" is reported, not coerced.
-        table = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+        table = read_csv(path)
     else:
         raise AnnotationError(f"{path}: annotation table must be .csv or .parquet")
     missing = [c for c in REQUIRED if c not in table.columns]
@@ -65,6 +66,56 @@ def read_table(path: str | Path) -> pd.DataFrame:
             f"{path}: missing column(s) {', '.join(missing)}; the table needs {', '.join(REQUIRED)} (and may have group)"
         )
     return table.reset_index(drop=True)
+
+
+def read_csv(path: Path) -> pd.DataFrame:
+    """An annotation CSV as text cells, with every structural problem reported by file line.
+
+    Text only: numbers are parsed later, so "12.5" or "" is reported, not
+    coerced. An empty file, bytes that are not UTF-8, a row with more or fewer
+    fields than the header and broken quoting are problems of the file, not of
+    a segment: they are all named with their line (lines count from 1, the
+    header included) in one :class:`AnnotationError`.
+    """
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")  # a byte-order mark from spreadsheet exports is fine
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise AnnotationError(f"{path}, line {line}: not UTF-8 text (byte 0x{raw[err.start]:02x}); save the table "
+                              "as UTF-8 CSV (e.g. 'CSV UTF-8' in a spreadsheet)") from None
+    if not text.strip():
+        raise AnnotationError(f"{path}: the file is empty; it needs a header line {','.join(REQUIRED)}[,group] "
+                              "and one row per segment")
+    reader = csv.reader(io.StringIO(text, newline=""), skipinitialspace=True, strict=True)
+    problems: list[str] = []
+    rows: list[list[str]] = []
+    header: list[str] | None = None
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as err:  # strict quoting: a stray or unclosed quote
+            problems.append(f"line {reader.line_num}: {err}; a field with a comma or a quote must be quoted, and a "
+                            "quote inside it doubled (\"\")")
+            break
+        if not fields or all(not f.strip() for f in fields):
+            continue  # blank lines are not rows
+        if header is None:
+            header = [name.strip() for name in fields]
+            duplicated = sorted({name for name in header if header.count(name) > 1})
+            if duplicated:
+                problems.append(f"line {reader.line_num}: header names column(s) {', '.join(duplicated)} twice")
+            continue
+        if len(fields) != len(header):
+            problems.append(f"line {reader.line_num}: {len(fields)} fields, the header has {len(header)} "
+                            f"({','.join(header)}); a field with a comma must be quoted")
+            continue
+        rows.append(fields)
+    if problems:
+        raise AnnotationError(f"{path}: {len(problems)} malformed line(s):\n" + "\n".join(f"  {p}" for p in problems))
+    return pd.DataFrame(rows, columns=header, dtype=str)
 
 
 def _record(row: dict[str, Any]) -> dict[str, Any]:
@@ -288,8 +339,24 @@ def planned_videos(annotations: str | Path, videos_dir: str | Path, classes: dic
     instead of Snakemake stopping on a missing input; rows that turn out bad are
     caught by the data stage, which every later job depends on.
     """
+    return {vid: planned.video for vid, planned in planned_frames(annotations, videos_dir, classes,
+                                                                   min_segment_frames).items()}
+
+
+@dataclass(frozen=True)
+class PlannedVideo:
+    """A video as the DAG plans it: its path below the videos folder, annotated frames, and a stamp."""
+
+    video: str
+    frames: int  # sum of the frames of its rows that can yield a kept segment
+    stamp: str  # size and modification time: changes when the file (or the folder's list of images) does
+
+
+def planned_frames(annotations: str | Path, videos_dir: str | Path, classes: dict,
+                   min_segment_frames: int = 8) -> dict[str, PlannedVideo]:
+    """:func:`planned_videos` with each video's annotated frames and stamp (the faces stage's batches)."""
     table = read_table(annotations)
-    planned: dict[str, str] = {}
+    planned: dict[str, PlannedVideo] = {}
     for row in table.to_dict("records"):
         record = _record(row)
         try:
@@ -298,8 +365,17 @@ def planned_videos(annotations: str | Path, videos_dir: str | Path, classes: dic
             video = str(record["video"])
         except (KeyError, TypeError, ValueError):
             continue
-        if label is not None and length >= min_segment_frames and (Path(videos_dir) / video).exists():
-            planned[video_id(video, videos_dir)] = video
+        if label is None or length < min_segment_frames:
+            continue
+        vid = video_id(video, videos_dir)
+        if vid in planned and planned[vid].video == video:
+            planned[vid] = PlannedVideo(video, planned[vid].frames + length, planned[vid].stamp)
+            continue
+        try:
+            stat = (Path(videos_dir) / video).stat()
+        except OSError:
+            continue
+        planned[vid] = PlannedVideo(video, length, f"{stat.st_size}:{stat.st_mtime_ns}")
     return dict(sorted(planned.items()))
 
 

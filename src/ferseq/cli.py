@@ -1,14 +1,18 @@
 """The ``ferseq`` command (also ``python -m ferseq``).
 
 ``ferseq import <format> <path> -o annotations.csv`` turns a public dataset's
-own layout into the annotation table (see :mod:`ferseq.importers`). Errors a
-user can cause print one message, no traceback, and exit with status 2.
+own layout into the annotation table (see :mod:`ferseq.importers`);
+``ferseq ui`` opens the MLflow UI on a config's runs; ``ferseq predict`` applies
+a trained model to new videos and ``ferseq export`` bundles one for another
+machine (see :mod:`ferseq.predict`). Errors a user can cause print one message,
+no traceback, and exit with status 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from ferseq import importers, logs
@@ -65,6 +69,38 @@ def parser() -> argparse.ArgumentParser:
                                   "e.g. '^(?P<subject>[^_]+)_'")
             who.add_argument("--subjects", metavar="CSV", help="table with columns clip,subject (clip: path below the root, name, or name without suffix)")
             who.add_argument("--subject-from-clip", action="store_true", help="each clip is its own subject (identity may leak across splits)")
+    ui = commands.add_parser(
+        "ui", help="start the MLflow UI on a config's tracking store and print the page of its runs",
+        description="Start `mlflow ui` on the config's local store (mlflow.tracking_uri) and print the address of the "
+                    "experiment's runs table, opened as model training (MLflow 3 otherwise opens it on GenAI traces). "
+                    "With an http(s) tracking server, print its runs page instead.")
+    ui.add_argument("--config", default="config.yaml", help="the workflow config (default config.yaml)")
+    ui.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1)")
+    ui.add_argument("--port", type=int, default=5000, help="port (default 5000)")
+
+    pred = commands.add_parser(
+        "predict", help="apply a trained model to new videos: per-frame table, segments CSV, timeline PNG",
+        description="Run a trained run's faces settings, frame CNN and selected sequence model over new videos. Per "
+                    "video, OUT gets {video}.parquet (one row per frame), {video}.csv (predicted segments in the "
+                    "annotation table's format), {video}.png (timeline) and with --annotate {video}.annotated.mp4. "
+                    "Exit status 1 when any video failed (named on stderr), 2 on a usage error.")
+    pred.add_argument("videos", nargs="+", metavar="VIDEO_OR_FOLDER",
+                      help="video files, image-sequence folders, or folders of videos")
+    pred.add_argument("--run", required=True, help="a finished results folder (e.g. results) or a bundle from `ferseq export`")
+    pred.add_argument("--fold", type=int, help="the fold's models (default: the fold with the best val macro F1)")
+    pred.add_argument("-o", "--output", required=True, help="folder for the outputs")
+    pred.add_argument("--stride", type=int, default=1, help="frames between scored windows (default 1: every frame)")
+    pred.add_argument("--min-segment", type=int, default=8, help="shortest predicted segment kept, frames (default 8)")
+    pred.add_argument("--annotate", action="store_true", help="also write the video with the face box and labels drawn")
+    pred.add_argument("--device", help="torch device for the frame CNN (default: cuda if available, else cpu)")
+    pred.add_argument("--batch-size", type=int, default=64, help="frames per CNN batch (default 64)")
+    pred.add_argument("--workers", type=int, default=2, help="crop-decoding workers (default 2)")
+
+    exp = commands.add_parser(
+        "export", help="bundle one fold's trained models and settings into a folder that predict reads anywhere")
+    exp.add_argument("--run", required=True, help="a finished results folder (e.g. results)")
+    exp.add_argument("--fold", type=int, help="the fold (default: the best val macro F1)")
+    exp.add_argument("-o", "--output", required=True, help="the bundle folder to create")
     return top
 
 
@@ -74,6 +110,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "import":
             return _import(args)
+        if args.command == "ui":
+            return _ui(args)
+        if args.command == "predict":
+            return _predict(args)
+        if args.command == "export":
+            from ferseq import predict
+
+            out = predict.export(args.run, args.output, args.fold)
+            print(f"bundle written to {out}", file=sys.stderr)
+            return 0
     except FerseqError as err:
         print(f"ferseq: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
@@ -86,3 +132,37 @@ def _import(args: argparse.Namespace) -> int:
                                       workers=args.workers, **options)
     print(result.report(args.output), file=sys.stderr)
     return 0
+
+
+def _ui(args: argparse.Namespace) -> int:
+    import subprocess
+
+    import yaml
+
+    from ferseq import tracking
+
+    path = Path(args.config)
+    if not path.is_file():
+        raise FerseqError(f"--config: {path} does not exist")
+    config = yaml.safe_load(path.read_text()) or {}
+    uri = config.get("mlflow", {}).get("tracking_uri", tracking.DEFAULT_URI)
+    if not tracking.is_local_store(config):
+        print(f"runs of {config.get('experiment', 'ferseq')}: {tracking.runs_url(config, uri)}")
+        return 0
+    if not Path(uri[len("sqlite:///"):]).is_file():
+        raise FerseqError(f"mlflow.tracking_uri: {uri} has no store yet; run the workflow first")
+    print(f"runs of {config.get('experiment', 'ferseq')}: {tracking.runs_url(config, f'http://{args.host}:{args.port}')}",
+          flush=True)
+    return subprocess.call([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+                            "--host", args.host, "--port", str(args.port)])
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from ferseq import predict
+
+    results, failed = predict.predict_many(args.videos, args.run, args.output, fold=args.fold, stride=args.stride,
+                                           min_segment=args.min_segment, annotate=args.annotate, device=args.device,
+                                           batch_size=args.batch_size, num_workers=args.workers)
+    for line in predict.summary_lines(results, failed):
+        print(line, file=sys.stderr)
+    return 1 if failed else 0

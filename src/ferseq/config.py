@@ -47,7 +47,8 @@ def check(config: dict[str, Any]) -> None:
     if fractions and abs(sum(fractions.values()) - 1) > 1e-6:
         problems.append(f"split.fractions: train + val + test must be 1, not {sum(fractions.values()):g}")
 
-    for name in config.get("windows", {}).get("overlap", {}):
+    # An overlap the user wrote must name kept classes; the reference default (null) only applies to those.
+    for name in config.get("windows", {}).get("overlap") or {}:
         if name not in names:
             problems.append(f"windows.overlap.{name}: not one of classes.names {names}")
 

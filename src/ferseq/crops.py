@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -21,6 +22,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+from ferseq import landmark_features
 
 SHIFT = 0.08  # largest augmentation shift, fraction of the side
 BRIGHTNESS = 0.2  # augmentation scales intensities by a factor in [1 - B, 1 + B]
@@ -66,6 +69,18 @@ def loader(dataset: Dataset, num_workers: int, pin_memory: bool = False, **kwarg
     return DataLoader(dataset, num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0, **kwargs)
 
 
+def flat_bytes(crops: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """The bytes of every crop of a binary Arrow array without nulls, back to back (read-only, no copy),
+    and the n + 1 offsets of the crops in them."""
+    crops = crops.cast(pa.large_binary())
+    if len(crops) == 0:
+        return np.zeros(0, np.uint8), np.zeros(1, np.int64)
+    _, offsets, data = crops.buffers()
+    offsets = np.frombuffer(offsets, np.int64)[crops.offset:crops.offset + len(crops) + 1]
+    data = np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8)
+    return data[offsets[0]:offsets[-1]], offsets - offsets[0]
+
+
 def to_tensor(image: np.ndarray) -> torch.Tensor:
     """HWC uint8 -> CHW uint8 tensor."""
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
@@ -100,15 +115,19 @@ def face_rows(table: pa.Table) -> pa.Table:
 
 
 class RowGroupCrops(Dataset):
-    """One faces Parquet file, one item per row group: (frames, segment_ids, uint8 images (n, 3, size, size)).
+    """One faces Parquet file, one item per row group: (frames, segment_ids, normalised landmarks (n, 136),
+    uint8 images (n, 3, size, size)).
 
     Only face rows are returned. Each worker opens the file itself and reads
     just its row groups, so every frame is read and decoded once and memory
-    holds a few row groups (256 rows from the faces stage) at a time.
+    holds a few row groups (256 rows from the faces stage) at a time. With
+    ``encoded``, the crops are not decoded: the last item is (bytes, offsets),
+    the row group's encoded crops back to back as a uint8 tensor and their n + 1
+    offsets, for :func:`ferseq.device_crops.decode_batch` on the model's device.
     """
 
-    def __init__(self, path: str | Path, size: int):
-        self.path, self.size = Path(path), size
+    def __init__(self, path: str | Path, size: int, encoded: bool = False):
+        self.path, self.size, self.encoded = Path(path), size, encoded
         with pq.ParquetFile(self.path) as parquet:
             self.row_groups = parquet.metadata.num_row_groups
         self._file: tuple[int, pq.ParquetFile] | None = None
@@ -122,12 +141,18 @@ class RowGroupCrops(Dataset):
             self._file = (os.getpid(), pq.ParquetFile(self.path))
         return self._file[1]
 
-    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
-        table = self._parquet().read_row_group(index, columns=["frame", "segment_id", "face_found", "crop"])
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any]:
+        table = self._parquet().read_row_group(index, columns=["frame", "segment_id", "face_found", "landmarks", "crop"])
         table = face_rows(table)
+        points = table["landmarks"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
         crops = table["crop"].combine_chunks()
-        images = np.empty((len(table), 3, self.size, self.size), np.uint8)
-        for i in range(len(table)):
-            images[i] = decode(crops[i].as_buffer(), self.size).transpose(2, 0, 1)
+        if self.encoded:
+            data, offsets = flat_bytes(crops)
+            images: Any = (torch.from_numpy(data.copy()), torch.from_numpy(offsets))  # copied: Arrow's memory is read-only
+        else:
+            images = np.empty((len(table), 3, self.size, self.size), np.uint8)
+            for i in range(len(table)):
+                images[i] = decode(crops[i].as_buffer(), self.size).transpose(2, 0, 1)
+            images = torch.from_numpy(images)
         return (table["frame"].to_numpy().astype(np.int32), table["segment_id"].to_numpy().astype(np.int64),
-                torch.from_numpy(images))
+                landmark_features.normalise(points.reshape(len(table), landmark_features.WIDTH)), images)

@@ -157,6 +157,12 @@ def _mmod(model: Path, scale: float, threshold: float) -> MmodDetector:
     return MmodDetector(model, scale, threshold)
 
 
+@functools.cache
+def _ssd(dnn_model: str | None, dnn_prototxt: str | None, confidence: float) -> SsdDetector:
+    # Cached like the dlib models: a faces job walks many videos, and reading the net takes about 50 ms.
+    return SsdDetector(_ssd_net({"dnn_model": dnn_model, "dnn_prototxt": dnn_prototxt}), confidence)
+
+
 def make_detector(cfg: dict[str, Any]) -> Detector:
     """The detector named by ``cfg["detector"]`` (models are loaded once per process)."""
     name = cfg.get("detector", "hog")
@@ -167,5 +173,5 @@ def make_detector(cfg: dict[str, Any]) -> Detector:
     if name == "mmod":
         return _mmod(model_path(cfg, "mmod_model", "mmod_human_face_detector.dat"), scale, threshold)
     if name == "opencv_dnn":
-        return SsdDetector(_ssd_net(cfg), float(cfg.get("confidence", 0.5)))
+        return _ssd(cfg.get("dnn_model"), cfg.get("dnn_prototxt"), float(cfg.get("confidence", 0.5)))
     raise ConfigError(f"faces.detector: {name!r} is not one of hog, mmod, opencv_dnn")

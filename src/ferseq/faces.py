@@ -31,16 +31,16 @@ segment and for the whole video, frames, faces found and detection rate.
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import cv2
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -50,6 +50,9 @@ from ferseq.errors import FerseqError
 from ferseq.landmarks import Face, FaceTracker, LandmarkModel, load_landmark_model
 from ferseq.outputs import atomic_path
 from ferseq.videos import VideoError, iter_frames
+
+if TYPE_CHECKING:  # pandas is imported where a table is built: a faces job of short clips starts faster without it
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,7 @@ DEFAULTS: dict[str, Any] = {
     "detector": "hog", "dnn_model": None, "dnn_prototxt": None, "mmod_model": None, "landmarks_model": None,
     "confidence": 0.5, "dlib_threshold": 0.0, "detect_every": 10, "detect_scale": 0.5, "crop_size": 224,
     "crop_format": "jpg", "jpeg_quality": 95, "missing_face": "repeat", "skip_faceless_videos": False,
+    "batch_frames": 10000,
 }
 
 
@@ -123,9 +127,18 @@ def find_face(image: np.ndarray, cfg: dict[str, Any]) -> Face | None:
     return Face(found.box, found.score, landmark_model(cfg)(gray, found.box), tracked=False)
 
 
-def _segment_ranges(segments: pd.DataFrame, video: Path) -> list[tuple[int, int, int, str]]:
+Ranges = list[tuple[int, int, int, str]]  # (start, end, segment_id, label) of a video's kept segments
+
+
+def segment_ranges(segments: pd.DataFrame, video: str | Path) -> Ranges:
     """(start, end, segment_id, label) sorted by start; overlapping segments are an error."""
-    ranges = sorted((int(r.start), int(r.end), int(r.segment_id), str(r.label)) for r in segments.itertuples())
+    return check_ranges([(int(r.start), int(r.end), int(r.segment_id), str(r.label)) for r in segments.itertuples()],
+                        video)
+
+
+def check_ranges(ranges: Ranges, video: str | Path) -> Ranges:
+    """``ranges`` sorted by start, if they are not empty and do not overlap."""
+    ranges = sorted(ranges)
     if not ranges:
         raise ValueError(f"{video}: no segments given, so no frame to process")
     for (s0, e0, id0, _), (s1, e1, id1, _) in zip(ranges, ranges[1:]):
@@ -177,20 +190,47 @@ def _lists(values: list[np.ndarray], found: np.ndarray) -> pa.ListArray:
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat), mask=pa.array(~found))
 
 
-def _qc_table(name: str, ranges: list[tuple[int, int, int, str]], counts: dict[int, list[int]],
-              seconds: float, detections: int) -> pd.DataFrame:
-    """One row per segment and a last row (segment_id empty, label ``all``) for the whole video."""
+QC_COLUMNS = ["video", "segment_id", "label", "start", "end", "frames", "faces_found", "detection_rate",
+              "full_detections", "seconds_per_frame", "frames_per_second"]
+
+
+def _qc_rows(name: str, ranges: Ranges, counts: dict[int, list[int]], seconds: float,
+             detections: int) -> list[dict[str, Any]]:
+    """One row per segment and a last row (segment_id empty, label ``all``) for the whole video.
+
+    Plain dicts, not a DataFrame: a faces job makes these for thousands of short clips.
+    """
+    def rate(found: int, frames: int) -> float:
+        return round(found / frames, 4) if frames else math.nan
+
     rows = [{"video": name, "segment_id": sid, "label": label, "start": start, "end": end,
-             "frames": counts[sid][0], "faces_found": counts[sid][1]} for start, end, sid, label in ranges]
-    frames = sum(r["frames"] for r in rows)
+             "frames": counts[sid][0], "faces_found": counts[sid][1], "detection_rate": rate(*counts[sid][::-1])}
+            for start, end, sid, label in ranges]
+    frames, found = sum(r["frames"] for r in rows), sum(r["faces_found"] for r in rows)
     rows.append({"video": name, "segment_id": None, "label": "all", "start": min((r[0] for r in ranges), default=0),
-                 "end": max((r[1] for r in ranges), default=0), "frames": frames, "faces_found": sum(r["faces_found"] for r in rows),
-                 "full_detections": detections, "seconds_per_frame": round(seconds / max(frames, 1), 6),
+                 "end": max((r[1] for r in ranges), default=0), "frames": frames, "faces_found": found,
+                 "detection_rate": rate(found, frames), "full_detections": detections,
+                 "seconds_per_frame": round(seconds / max(frames, 1), 6),
                  "frames_per_second": round(frames / seconds, 1) if seconds > 0 else math.nan})
-    qc = pd.DataFrame(rows, columns=["video", "segment_id", "label", "start", "end", "frames", "faces_found",
-                                     "detection_rate", "full_detections", "seconds_per_frame", "frames_per_second"])
-    qc["detection_rate"] = (qc["faces_found"] / qc["frames"].where(qc["frames"] > 0)).round(4)
-    return qc.astype({"segment_id": "Int64", "full_detections": "Int64"})
+    return rows
+
+
+def write_qc(rows: list[dict[str, Any]], path: str | Path) -> None:
+    """QC rows as the CSV that :func:`extract_faces` writes (empty cells for missing values), without pandas."""
+    def cell(value: Any) -> Any:
+        return "" if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(QC_COLUMNS)
+        writer.writerows([cell(row.get(column)) for column in QC_COLUMNS] for row in rows)
+
+
+def qc_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """QC rows (of one or many videos) as the QC table."""
+    import pandas as pd
+
+    return pd.DataFrame(rows, columns=QC_COLUMNS).astype({"segment_id": "Int64", "full_detections": "Int64"})
 
 
 def _wanted(ranges: list[tuple[int, int, int, str]]) -> Iterator[tuple[int, int]]:
@@ -215,10 +255,23 @@ def extract_faces(video_path: str | Path, segments: pd.DataFrame, cfg: dict[str,
     Raises :class:`NoFaceError` when no frame has a face, unless
     ``cfg["skip_faceless_videos"]``; no output is left behind on any error.
     """
-    video_path = Path(video_path)
-    name = name or video_path.name
     cfg = {**DEFAULTS, **cfg}
-    ranges = _segment_ranges(segments, video_path)
+    name = name or Path(video_path).name
+    with atomic_path(out_parquet) as tmp_parquet, atomic_path(out_qc) as tmp_qc:
+        rows = process_video(Path(video_path), segment_ranges(segments, video_path), cfg, tmp_parquet, name)
+        check_found(rows[-1], cfg)
+        qc = qc_table(rows)
+        qc.to_csv(tmp_qc, index=False)
+    return qc
+
+
+def process_video(video_path: Path, ranges: Ranges, cfg: dict[str, Any], out_parquet: Path,
+                  name: str) -> list[dict[str, Any]]:
+    """The faces of one video's ``ranges`` (:func:`segment_ranges`) into ``out_parquet``; return its QC rows.
+
+    :func:`extract_faces` without the QC file and the no-face check (:func:`check_found`).
+    """
+    ranges = check_ranges(ranges, video_path)
     total = sum(end - start for start, end, _, _ in ranges)
     size, fmt, quality = int(cfg["crop_size"]), cfg["crop_format"], int(cfg["jpeg_quality"])
     tracker = make_tracker(cfg)
@@ -227,81 +280,68 @@ def extract_faces(video_path: str | Path, segments: pd.DataFrame, cfg: dict[str,
     log.info("%s: %d frames in %d segments, detector %s", name, total, len(ranges), cfg["detector"])
 
     started = time.perf_counter()
-    with atomic_path(out_parquet) as tmp_parquet, atomic_path(out_qc) as tmp_qc:
-        with pq.ParquetWriter(tmp_parquet, schema) as writer:
-            group, wanted, done = _RowGroup(), _wanted(ranges), 0
-            frames = (frame for frame, _ in _wanted(ranges))
-            for index, image in iter_frames(video_path, frames):
-                frame, segment_id = next(wanted)  # iter_frames yields the wanted frames in order ...
-                assert frame == index, (frame, index)  # ... and stops early only at the end of the video
-                face = tracker.update(image, index)
-                crop = None
-                if face is not None:
-                    crop = alignment.encode(alignment.align(image, face.landmarks, size), fmt, quality)
-                group.add(segment_id, index, face, crop)
-                counts[segment_id][0] += 1
-                counts[segment_id][1] += face is not None
-                done += 1
-                if len(group) == ROWS_PER_GROUP:
-                    writer.write_table(group.table(schema))
-                    group = _RowGroup()
-                if done % LOG_EVERY == 0:
-                    fps = done / (time.perf_counter() - started)
-                    log.info("%s: %d/%d frames, %.0f frames/s", name, done, total, fps)
-            if len(group):
+    with pq.ParquetWriter(out_parquet, schema) as writer:
+        group, wanted, done = _RowGroup(), _wanted(ranges), 0
+        frames = (frame for frame, _ in _wanted(ranges))
+        for index, image in iter_frames(video_path, frames):
+            frame, segment_id = next(wanted)  # iter_frames yields the wanted frames in order ...
+            assert frame == index, (frame, index)  # ... and stops early only at the end of the video
+            face = tracker.update(image, index)
+            crop = None
+            if face is not None:
+                crop = alignment.encode(alignment.align(image, face.landmarks, size), fmt, quality)
+            group.add(segment_id, index, face, crop)
+            counts[segment_id][0] += 1
+            counts[segment_id][1] += face is not None
+            done += 1
+            if len(group) == ROWS_PER_GROUP:
                 writer.write_table(group.table(schema))
-        missing = next(wanted, None)
-        if missing is not None:
-            raise VideoError(f"{video_path}: decoding stopped before frame {missing[0]} of segment {missing[1]} "
-                             f"({total - done} wanted frames missing); does the annotation end past the video's end?")
-        seconds = time.perf_counter() - started
-        qc = _qc_table(name, ranges, counts, seconds, tracker.detections)
-        _check_found(video_path, name, qc, cfg)
-        qc.to_csv(tmp_qc, index=False)
-
-    video = qc.iloc[-1]
-    log.info("%s: %d frames, faces in %d (%.1f%%), %d full detections, %.1f s, %.0f frames/s", name, video["frames"],
+                group = _RowGroup()
+            if done % LOG_EVERY == 0:
+                fps = done / (time.perf_counter() - started)
+                log.info("%s: %d/%d frames, %.0f frames/s", name, done, total, fps)
+        if len(group):
+            writer.write_table(group.table(schema))
+    missing = next(wanted, None)
+    if missing is not None:
+        raise VideoError(f"{video_path}: decoding stopped before frame {missing[0]} of segment {missing[1]} "
+                         f"({total - done} wanted frames missing); does the annotation end past the video's end?")
+    seconds = time.perf_counter() - started
+    rows = _qc_rows(name, ranges, counts, seconds, tracker.detections)
+    video = rows[-1]
+    log.info("%s: %d frames, faces in %d (%.1f%%), %d full detections, %.2f s, %.0f frames/s", name, video["frames"],
              video["faces_found"], 100 * video["detection_rate"], video["full_detections"], seconds,
              video["frames_per_second"])
-    return qc
+    for row in rows[:-1]:
+        if row["faces_found"] == 0:
+            log.warning("%s: segment %s (%s, frames %d-%d) has no face in any frame", name, row["segment_id"],
+                        row["label"], row["start"], row["end"])
+    return rows
 
 
-def _check_found(video_path: Path, name: str, qc: pd.DataFrame, cfg: dict[str, Any]) -> None:
-    """Warn about each segment without a face; fail on a video without any (unless configured to skip it)."""
-    segments, video = qc.iloc[:-1], qc.iloc[-1]
-    if video["faces_found"] == 0:
-        message = (f"{video_path}: no face found in any of its {video['frames']} frames inside kept segments "
-                   f"(detector {cfg['detector']})")
-        if not cfg.get("skip_faceless_videos", False):
-            raise NoFaceError(message + "; set faces.skip_faceless_videos: true to keep it with face_found=false rows")
-        log.warning("%s; kept with face_found=false rows (faces.skip_faceless_videos)", message)
+def check_found(video: dict[str, Any], cfg: dict[str, Any]) -> None:
+    """Fail on a video (its QC row ``all``) without any face in its kept segments, unless configured to skip it."""
+    if video["faces_found"] > 0:
         return
-    for row in segments[segments["faces_found"] == 0].itertuples():
-        log.warning("%s: segment %s (%s, frames %d-%d) has no face in any frame", name, row.segment_id, row.label,
-                    row.start, row.end)
+    message = (f"{video['video']}: no face found in any of its {video['frames']} frames inside kept segments "
+               f"(detector {cfg['detector']})")
+    if not cfg.get("skip_faceless_videos", False):
+        raise NoFaceError(message + "; set faces.skip_faceless_videos: true to keep it with face_found=false rows")
+    log.warning("%s; kept with face_found=false rows (faces.skip_faceless_videos)", message)
 
 
-def run_video(video_path: str | Path, video_id: str, segments_path: str | Path, cfg: dict[str, Any],
-              out_parquet: str | Path, out_qc: str | Path) -> pd.DataFrame:
-    """The Snakemake job of one video: its kept segments from the data stage's table, then :func:`extract_faces`.
-
-    One job uses one core (OpenCV's thread pool off); videos run in parallel instead.
-    """
-    cv2.setNumThreads(1)
-    segments = pd.read_parquet(segments_path)
-    mine = segments[segments["video_id"] == video_id]
-    if mine.empty:
-        # Possible with data.strict: false, when every row of the video was dropped: later stages skip it.
-        log.warning("%s: no kept segment (all its annotation rows were dropped); writing empty outputs", video_id)
-        with atomic_path(out_parquet) as tmp_parquet, atomic_path(out_qc) as tmp_qc:
-            pq.write_table(parquet_schema({**DEFAULTS, **cfg}).empty_table(), tmp_parquet)
-            _qc_table(video_id, [], {}, 0.0, 0).iloc[:0].to_csv(tmp_qc, index=False)
-        return pd.read_csv(out_qc)
-    return extract_faces(video_path, mine, cfg, out_parquet, out_qc, name=video_id)
+def write_empty(cfg: dict[str, Any], name: str, out_parquet: str | Path) -> list[dict[str, Any]]:
+    """The faces file of a video without any kept segment (no rows, the same columns); its QC rows (none)."""
+    # Possible with data.strict: false, when every row of the video was dropped: later stages skip it.
+    log.warning("%s: no kept segment (all its annotation rows were dropped); writing an empty faces file", name)
+    pq.write_table(parquet_schema({**DEFAULTS, **cfg}).empty_table(), out_parquet)
+    return []
 
 
 def merge_qc(qc_files: list[str | Path], out_csv: str | Path) -> pd.DataFrame:
     """The per-video QC tables of :func:`extract_faces` in one CSV, video after video."""
+    import pandas as pd
+
     tables = [pd.read_csv(path, dtype={"video": str, "label": str}) for path in qc_files]
     merged = pd.concat(tables, ignore_index=True).astype({"segment_id": "Int64", "full_detections": "Int64"})
     with atomic_path(out_csv) as tmp:

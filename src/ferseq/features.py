@@ -12,6 +12,8 @@ segment_id   int64
 label        string                             the segment's class
 embedding    fixed_size_list<float32>[512]      FC-512 output (``fc[embedding_layer]``)
 probs        fixed_size_list<float32>[C]        softmax, in the order of ``classes.names``
+landmarks    fixed_size_list<float32>[136]      the faces file's 68 landmarks, pose-normalised
+                                                (:func:`ferseq.landmark_features.normalise`)
 ============ ================================== ==========================================
 
 The file's key-value metadata (key ``ferseq.features``, JSON; ``pq.read_metadata(path).metadata``) names the classes, the
@@ -22,7 +24,10 @@ per fold, the model loaded once for all videos.
 
 The faces file is read one row group at a time by DataLoader workers, which
 decode the crops while the model runs: every frame is read and decoded once,
-and memory holds a few row groups, not the video.
+and memory holds a few row groups, not the video. On CUDA the workers only
+read: the crops reach the GPU still encoded and are decoded there, one batch
+per row group (:mod:`ferseq.device_crops`), and a row group's features are
+copied back and written while the GPU runs the next.
 """
 
 from __future__ import annotations
@@ -39,8 +44,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from ferseq import tracking
+from ferseq import landmark_features, tracking
 from ferseq.crops import RowGroupCrops, loader
+from ferseq.device_crops import decode_batch, decode_on_device, split
 from ferseq.errors import FerseqError
 from ferseq.frame_model import FrameModel, autocast, load_frame_model, settings
 from ferseq.outputs import atomic_path
@@ -60,6 +66,7 @@ def parquet_schema(embedding_dim: int, classes: int) -> pa.Schema:
         pa.field("label", pa.string(), nullable=False),
         pa.field("embedding", pa.list_(pa.float32(), embedding_dim), nullable=False),
         pa.field("probs", pa.list_(pa.float32(), classes), nullable=False),
+        pa.field("landmarks", pa.list_(pa.float32(), landmark_features.WIDTH), nullable=False),
     ])
 
 
@@ -67,50 +74,88 @@ def _fixed_lists(values: np.ndarray) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1), pa.float32()), values.shape[1])
 
 
+def _run(model: FrameModel, images: torch.Tensor, batch_size: int,
+         dev: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.cuda.Event | None]:
+    """Embeddings and class probabilities of one row group's images, on the host.
+
+    On CUDA the copies to the host are queued without waiting (into pinned memory): the returned
+    event says when they are done, so the caller can queue the next row group before it waits.
+    """
+    with torch.inference_mode(), autocast(dev):
+        outputs = [model.embed(images[start:start + batch_size].to(dev, non_blocking=True))
+                   for start in range(0, len(images), batch_size)]
+        embedding = torch.cat([e.float() for e, _ in outputs])
+        probs = torch.cat([logits.float().softmax(dim=1) for _, logits in outputs])
+    if dev.type != "cuda":
+        return embedding, probs, None
+    embedding, probs = embedding.to("cpu", non_blocking=True), probs.to("cpu", non_blocking=True)
+    done = torch.cuda.Event()
+    done.record()
+    return embedding, probs, done
+
+
 def extract_video(model: FrameModel, faces_parquet: str | Path, labels: Mapping[int, str], out_parquet: str | Path, *,
-                  video_id: str, batch_size: int = 64, num_workers: int = 2, fold: int | None = None) -> dict[str, Any]:
+                  video_id: str, batch_size: int = 64, num_workers: int = 2, fold: int | None = None,
+                  decode: str | None = None) -> dict[str, Any]:
     """Write the features of one video with an already loaded ``model`` (eval mode); return its stats.
 
     ``labels``: segment_id -> class name for (at least) the video's segments.
-    Workers decode one row group of the faces file each (256 rows from the
+    Workers read one row group of the faces file each (256 rows from the
     faces stage), so a batch never spans row groups: a ``batch_size`` above
-    the row-group size has no effect. Stats: video_id, fold, frames (face
-    frames written), seconds, frames_per_second, device.
+    the row-group size has no effect. ``decode``: where the crops are decoded,
+    ``"workers"`` (OpenCV, in the DataLoader workers) or ``"device"`` (in one
+    batch per row group on the model's device, :mod:`ferseq.device_crops`);
+    default: the device on CUDA, workers on the CPU. Stats: video_id, fold,
+    frames (face frames written), seconds, frames_per_second, device.
     """
     dev = next(model.parameters()).device
     model.eval()
-    crops = RowGroupCrops(faces_parquet, model.input_size)
-    row_groups = loader(crops, min(num_workers, len(crops)), dev.type == "cuda", batch_size=None)
+    on_device = decode_on_device(decode, dev)
+    crops = RowGroupCrops(faces_parquet, model.input_size, encoded=on_device)
+    # Pinned batches of decoded images make their copies to the GPU asynchronous; nvJPEG reads encoded
+    # crops from any host memory.
+    row_groups = loader(crops, min(num_workers, len(crops)), dev.type == "cuda" and not on_device, batch_size=None)
     schema = parquet_schema(model.embedding_dim, len(model.classes))
     frames_done, started = 0, time.perf_counter()
+
+    def write(writer: pq.ParquetWriter, frames: np.ndarray, segment_ids: np.ndarray, landmarks: Any,
+              outputs: tuple[torch.Tensor, torch.Tensor, torch.cuda.Event | None]) -> None:
+        nonlocal frames_done
+        embeddings, probs, done = outputs
+        if done is not None:
+            done.synchronize()
+        writer.write_table(pa.table([
+            pa.array([video_id] * len(frames), pa.string()),
+            pa.array(frames, pa.int32()),
+            pa.array(segment_ids, pa.int64()),
+            pa.array([labels[s] for s in segment_ids.tolist()], pa.string()),
+            _fixed_lists(embeddings.numpy()),
+            _fixed_lists(probs.numpy()),
+            _fixed_lists(np.asarray(landmarks, np.float32)),  # the DataLoader hands over tensors
+        ], schema=schema))
+        frames_done += len(frames)
+        if frames_done // LOG_EVERY > (frames_done - len(frames)) // LOG_EVERY:
+            log.info("%s: %d face frames, %.1f frames/s", video_id, frames_done,
+                     frames_done / (time.perf_counter() - started))
+
     with atomic_path(out_parquet) as tmp:
         with pq.ParquetWriter(tmp, schema) as writer:
-            for frames, segment_ids, images in row_groups:  # one row group of the faces file at a time
+            pending = None  # the previous row group: written while the GPU runs the current one
+            for frames, segment_ids, landmarks, images in row_groups:  # one row group of the faces file at a time
                 if len(frames) == 0:
                     continue
                 unknown = sorted(set(segment_ids.tolist()) - set(labels))
                 if unknown:
                     raise FerseqError(f"{faces_parquet}: segments {unknown[:5]} are not in the segments table; "
                                       "are the faces files from another run of the data stage?")
-                embeddings, probs = [], []
-                with torch.inference_mode(), autocast(dev):
-                    for start in range(0, len(images), batch_size):
-                        batch = images[start:start + batch_size].to(dev, non_blocking=True)
-                        embedding, logits = model.embed(batch)
-                        embeddings.append(embedding.float().cpu())
-                        probs.append(logits.float().softmax(dim=1).cpu())
-                writer.write_table(pa.table([
-                    pa.array([video_id] * len(frames), pa.string()),
-                    pa.array(frames, pa.int32()),
-                    pa.array(segment_ids, pa.int64()),
-                    pa.array([labels[s] for s in segment_ids.tolist()], pa.string()),
-                    _fixed_lists(torch.cat(embeddings).numpy()),
-                    _fixed_lists(torch.cat(probs).numpy()),
-                ], schema=schema))
-                frames_done += len(frames)
-                if frames_done // LOG_EVERY > (frames_done - len(frames)) // LOG_EVERY:
-                    log.info("%s: %d face frames, %.1f frames/s", video_id, frames_done,
-                             frames_done / (time.perf_counter() - started))
+                if on_device:  # (bytes, offsets) of the encoded crops
+                    images = decode_batch(split(*images), model.input_size, dev)
+                outputs = _run(model, images, batch_size, dev)
+                if pending is not None:
+                    write(writer, *pending)
+                pending = (frames, segment_ids, landmarks, outputs)
+            if pending is not None:
+                write(writer, *pending)
             seconds = time.perf_counter() - started
             stats = {"video_id": video_id, "fold": fold, "frames": frames_done, "seconds": round(seconds, 3),
                      "frames_per_second": round(frames_done / seconds, 2) if seconds > 0 else None, "device": dev.type}
@@ -129,18 +174,21 @@ def _labels(segments_path: str | Path) -> dict[int, str]:
 
 def extract_features(model_path: str | Path, faces_parquet: str | Path, segments_path: str | Path,
                      out_parquet: str | Path, config: Mapping[str, Any], fold: int,
-                     video_id: str | None = None) -> dict[str, Any]:
-    """Features of one video (video_id defaults to the faces file's stem); returns its stats."""
+                     video_id: str | None = None, decode: str | None = None) -> dict[str, Any]:
+    """Features of one video (video_id defaults to the faces file's stem; ``decode``: see
+    :func:`extract_video`); returns its stats."""
     cfg = settings(config)
     return extract_video(load_frame_model(model_path), faces_parquet, _labels(segments_path), out_parquet,
                          video_id=video_id or Path(faces_parquet).stem, fold=fold,
-                         batch_size=int(cfg["inference_batch_size"]), num_workers=int(cfg["num_workers"]))
+                         batch_size=int(cfg["inference_batch_size"]), num_workers=int(cfg["num_workers"]),
+                         decode=decode)
 
 
 def extract_fold(model_path: str | Path, faces: Mapping[str, str | Path], segments_path: str | Path,
-                 out_dir: str | Path, config: Mapping[str, Any], fold: int) -> pd.DataFrame:
+                 out_dir: str | Path, config: Mapping[str, Any], fold: int, decode: str | None = None) -> pd.DataFrame:
     """The feature store of one fold, with one model load: ``out_dir/{video}.parquet`` for every video
-    of ``faces`` (video_id -> faces file), then ``out_dir/stats.csv`` and the fold's MLflow run."""
+    of ``faces`` (video_id -> faces file), then ``out_dir/stats.csv`` and the fold's MLflow run
+    (``decode``: see :func:`extract_video`)."""
     cfg = settings(config)
     model = load_frame_model(model_path)
     labels = _labels(segments_path)
@@ -149,7 +197,7 @@ def extract_fold(model_path: str | Path, faces: Mapping[str, str | Path], segmen
     outputs = {video_id: out_dir / f"{video_id}.parquet" for video_id in faces}
     for done, video_id in enumerate(outputs, start=1):
         extract_video(model, faces[video_id], labels, outputs[video_id], video_id=video_id, fold=fold,
-                      batch_size=int(cfg["inference_batch_size"]), num_workers=int(cfg["num_workers"]))
+                      batch_size=int(cfg["inference_batch_size"]), num_workers=int(cfg["num_workers"]), decode=decode)
         log.info("fold %s features: %d/%d videos done", fold, done, len(outputs))
     return log_features_run(outputs.values(), config, fold, out_dir / "stats.csv")
 

@@ -2,7 +2,8 @@
 
 :func:`train_frame_model` trains one fold's model in one explicit loop (data,
 model, optimiser, epoch loop, early stop on the validation loss, checkpoint of
-the best epoch). The FC-512 output (``frame_model.embedding_layer``) is the
+the best epoch); one epoch's steps are :func:`train_epoch`, which
+benchmarks/frame_model.py times against bare train steps. The FC-512 output (``frame_model.embedding_layer``) is the
 frame embedding that the feature store keeps for the sequence models.
 
 ``model.pt`` holds the best epoch's ``state_dict`` and everything needed to
@@ -17,7 +18,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -27,10 +28,10 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import f1_score
 from torch import nn
-from torch.utils.data import DataLoader
 
 from ferseq import tracking
 from ferseq.crops import CropDataset, face_rows, loader
+from ferseq.device_crops import DeviceBatches, decode_on_device
 from ferseq.errors import ConfigError, FerseqError
 from ferseq.outputs import atomic_path
 
@@ -39,10 +40,16 @@ log = logging.getLogger(__name__)
 # The ``frame_model`` defaults of workflow/schemas/config.schema.yaml (a test keeps them equal),
 # so that a partial config works outside Snakemake too.
 DEFAULTS: dict[str, Any] = {
-    "backbone": "legacy_xception", "pretrained": False, "input_size": 224, "fc": [1024, 512, 256],
+    "backbone": "legacy_xception", "pretrained": True, "weights_dir": "results/weights", "input_size": 224, "fc": [1024, 512, 256],
     "embedding_layer": 1, "dropout": 0.5, "lr": 0.0001, "batch_size": 32, "epochs": 30, "patience": 5,
     "frame_stride": 1, "augment": True, "num_workers": 2, "inference_batch_size": 64,
 }
+
+
+# The backbone's memory format, on every device. On an H200 (bf16) channels_last runs legacy_xception about
+# 2x as fast as the default layout; on the 2-core development CPU the feature stage ran 1.8x as fast with it
+# at 96 px (paired runs), and a train step about 1.4x: see README, Performance.
+MEMORY_FORMAT = torch.channels_last
 
 
 class FrameDataError(FerseqError, ValueError):
@@ -139,6 +146,7 @@ class FrameModel(nn.Module):
         self.fc = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:]))
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(sizes[-1], len(classes))
+        self.memory_format = torch.contiguous_format  # of the backbone's input; set by to_device
 
     @property
     def classes(self) -> list[str]:
@@ -154,7 +162,8 @@ class FrameModel(nn.Module):
 
     def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(embedding (batch, fc[embedding_layer]), logits (batch, classes)) of uint8 RGB images."""
-        x = (images.float() / 255.0 - self.mean) / self.std
+        # The layout change on the uint8 input moves 4x fewer bytes than on floats; the arithmetic keeps it.
+        x = (images.contiguous(memory_format=self.memory_format).float() / 255.0 - self.mean) / self.std
         x = self.backbone(x)
         embedding = x
         for index, layer in enumerate(self.fc):
@@ -168,17 +177,29 @@ class FrameModel(nn.Module):
         return self.embed(images)[1]
 
 
-def build_model(config: Mapping[str, Any]) -> FrameModel:
-    """The (untrained) frame model a full config describes."""
+def to_device(model: FrameModel, dev: torch.device | str) -> FrameModel:
+    """``model`` on ``dev``, its backbone (weights and input) in ``MEMORY_FORMAT`` (channels_last)."""
+    model.memory_format = MEMORY_FORMAT
+    return model.to(torch.device(dev), memory_format=MEMORY_FORMAT)
+
+
+def build_model(config: Mapping[str, Any], weights: str | Path | None = None) -> FrameModel:
+    """The (untrained) frame model a full config describes.
+
+    ``weights``: a backbone weights file that replaces ``frame_model.pretrained``
+    (the workflow passes the file that the local rule pretrained_weights wrote).
+    """
     cfg = settings(config)
+    pretrained = str(weights) if weights else cfg["pretrained"]
     return FrameModel(cfg["backbone"], config["classes"]["names"], cfg["fc"], cfg["dropout"], cfg["embedding_layer"],
-                      cfg["input_size"], cfg["pretrained"])
+                      cfg["input_size"], pretrained)
 
 
 def save_checkpoint(path: str | Path, model: FrameModel, state_dict: dict | None = None, **info: Any) -> None:
     """Write ``model.pt`` atomically: the weights (``state_dict`` or the model's own), ``arch`` and ``info``."""
     state = state_dict if state_dict is not None else model.state_dict()
-    checkpoint = {"state_dict": {k: v.detach().cpu() for k, v in state.items()}, "arch": model.arch, **info}
+    # contiguous: the file holds the default layout whatever the device trained in
+    checkpoint = {"state_dict": {k: v.detach().cpu().contiguous() for k, v in state.items()}, "arch": model.arch, **info}
     with atomic_path(path) as tmp:
         torch.save(checkpoint, tmp)
 
@@ -199,7 +220,7 @@ def load_frame_model(path: str | Path, device: str | torch.device | None = None)
     checkpoint = read_checkpoint(path)
     model = FrameModel(**checkpoint["arch"], pretrained=False)
     model.load_state_dict(checkpoint["state_dict"])
-    return model.to(device or default_device()).eval()
+    return to_device(model, device or default_device()).eval()
 
 
 def class_weights(counts: np.ndarray, classes: Sequence[str]) -> torch.Tensor:
@@ -257,7 +278,7 @@ def fold_frames(faces: Mapping[str, str | Path], segments_path: str | Path, spli
     return result
 
 
-def evaluate(model: FrameModel, batches: DataLoader, weights: torch.Tensor,
+def evaluate(model: FrameModel, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], weights: torch.Tensor,
              dev: torch.device) -> tuple[float, np.ndarray, np.ndarray]:
     """Weighted mean cross entropy, predictions and labels of ``model`` on ``batches``."""
     model.eval()
@@ -273,20 +294,70 @@ def evaluate(model: FrameModel, batches: DataLoader, weights: torch.Tensor,
     return loss_sum / weight_sum, np.concatenate(preds), np.concatenate(labels)
 
 
+def frame_batches(crops: pa.ChunkedArray, labels: np.ndarray, cfg: Mapping[str, Any], dev: torch.device,
+                  generator: torch.Generator | None = None, on_device: bool = False) -> Any:
+    """The training loop's batches (uint8 images, labels) of encoded ``crops``: with ``generator``, train
+    batches (``batch_size``, shuffled, augmented if ``augment``), else val batches (``inference_batch_size``,
+    in order). ``on_device``: decoded in batches on ``dev`` (:class:`ferseq.device_crops.DeviceBatches`),
+    else by OpenCV in ``num_workers`` DataLoader workers (:class:`ferseq.crops.CropDataset`).
+    ``cfg``: the ``frame_model`` settings.
+    """
+    size, train = int(cfg["input_size"]), generator is not None
+    batch_size = int(cfg["batch_size"] if train else cfg["inference_batch_size"])
+    augment = train and bool(cfg["augment"])
+    # A last train batch of one image is dropped: BatchNorm cannot train on a single 1x1 feature map.
+    drop_last = train and len(labels) % batch_size == 1
+    if on_device:
+        return DeviceBatches(crops, labels, size, batch_size, dev, generator, augment=augment, drop_last=drop_last)
+    return loader(CropDataset(crops, labels, size, augment=augment), int(cfg["num_workers"]), dev.type == "cuda",
+                  batch_size=batch_size, shuffle=train, generator=generator, drop_last=drop_last)
+
+
+def train_epoch(model: FrameModel, batches: Any, optimizer: torch.optim.Optimizer, weights: torch.Tensor,
+                dev: torch.device, name: str = "training") -> float:
+    """One pass of the training loop over ``batches``; returns the epoch's weighted mean train loss.
+
+    ``name`` (e.g. "fold 0 epoch 3") starts the progress lines, a few per epoch.
+    """
+    model.train()
+    loss_sum = torch.zeros((), device=dev)  # summed on the device: no sync per step
+    weight_sum = torch.zeros((), device=dev)
+    log_every = max(1, len(batches) // 10)  # epochs of real data take long on a CPU
+    for step, (images, y) in enumerate(batches, start=1):
+        images, y = images.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+        with autocast(dev):
+            logits = model(images)
+        loss = F.cross_entropy(logits.float(), y, weight=weights)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        # the weighted mean over the batch, times its weight sum = the batch's share of the epoch loss
+        loss_sum += loss.detach() * weights[y].sum()
+        weight_sum += weights[y].sum()
+        if step % log_every == 0 and step < len(batches):
+            log.info("%s: batch %d/%d, train loss so far %.4f", name, step, len(batches), (loss_sum / weight_sum).item())
+    return (loss_sum / weight_sum).item()
+
+
 def train_frame_model(faces: Mapping[str, str | Path], segments_path: str | Path, splits_path: str | Path, fold: int,
-                      config: Mapping[str, Any], out_model: str | Path, out_metrics: str | Path) -> dict[str, Any]:
+                      config: Mapping[str, Any], out_model: str | Path, out_metrics: str | Path,
+                      init_weights: str | Path | None = None, decode: str | None = None) -> dict[str, Any]:
     """Train the frame model of one fold; write ``out_model`` (model.pt) and ``out_metrics`` (per-epoch CSV).
 
     ``faces``: video_id -> faces Parquet file; ``config``: the full validated
-    config. Logs one MLflow run (stage ``frame_model``, tag fold). Returns the
-    best epoch, its val loss and macro F1, and the epochs run.
+    config; ``init_weights``: the backbone's initial weights file (see
+    :func:`build_model`); ``decode``: where crops are decoded and augmented,
+    ``"device"`` (in batches on the model's device, :mod:`ferseq.device_crops`)
+    or ``"workers"`` (OpenCV in DataLoader workers); default: the device on
+    CUDA, workers on the CPU. Logs one MLflow run (stage ``frame_model``, tag
+    fold). Returns the best epoch, its val loss and macro F1, and the epochs run.
     """
     cfg = settings(config)
     classes = list(config["classes"]["names"])
     seed = int(config.get("seed", 42))
     dev = default_device()
 
-    # data: encoded crops in memory, decoded by the DataLoader workers
+    # data: encoded crops in memory, decoded by the DataLoader workers or on the device
     frames = fold_frames(faces, segments_path, splits_path, fold, classes, int(cfg["frame_stride"]))
     (train_crops, train_y), (val_crops, val_y) = frames["train"], frames["val"]
     if len(val_y) == 0:
@@ -299,56 +370,38 @@ def train_frame_model(faces: Mapping[str, str | Path], segments_path: str | Path
              fold, len(train_y), len(val_y), cfg["frame_stride"], dev.type,
              dict(zip(classes, np.bincount(train_y, minlength=len(classes)).tolist())))
     torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)  # shuffle order and worker seeds (augmentation)
-    workers, pin = int(cfg["num_workers"]), dev.type == "cuda"
-    size, batch_size = int(cfg["input_size"]), int(cfg["batch_size"])
-    # A last batch of one image is dropped: BatchNorm cannot train on a single 1x1 feature map.
-    train_loader = loader(CropDataset(train_crops, train_y, size, augment=bool(cfg["augment"])), workers, pin,
-                          batch_size=batch_size, shuffle=True, generator=generator, drop_last=len(train_y) % batch_size == 1)
-    val_loader = loader(CropDataset(val_crops, val_y, size), workers, pin, batch_size=int(cfg["inference_batch_size"]))
+    generator = torch.Generator().manual_seed(seed)  # shuffle order and augmentation (via worker seeds on the CPU path)
+    on_device = decode_on_device(decode, dev)  # encoded crops to the device, decoded and augmented there
+    train_loader = frame_batches(train_crops, train_y, cfg, dev, generator, on_device)
+    val_loader = frame_batches(val_crops, val_y, cfg, dev, on_device=on_device)
 
     # model, loss weights, optimiser
-    model = build_model(config).to(dev)
+    model = to_device(build_model(config, init_weights), dev)
     weights = weights.to(dev)
     optimizer = torch.optim.Adam(model.parameters(), lr=float(cfg["lr"]))
 
     history: list[dict[str, float]] = []
     best = {"epoch": 0, "val_loss": math.inf, "val_macro_f1": 0.0, "state_dict": None}
     stale = 0
-    log_every = max(1, len(train_loader) // 10)  # a few lines per epoch: epochs of real data take long on a CPU
     with tracking.start_run(config, stage="frame_model", fold=fold) as run:
         import mlflow
 
         mlflow.log_params({f"frame_model.{k}": v for k, v in cfg.items()})
         mlflow.log_params({f"class_weight.{name}": round(float(w), 6) for name, w in zip(classes, weights.tolist())})
-        mlflow.log_params({"train_frames": len(train_y), "val_frames": len(val_y), "device": dev.type})
+        mlflow.log_params({"train_frames": len(train_y), "val_frames": len(val_y), "device": dev.type,
+                           "decode": "device" if on_device else "workers",
+                           "initial_weights": str(init_weights or cfg["pretrained"])})
 
         # epoch loop with early stopping on the validation loss
         for epoch in range(1, int(cfg["epochs"]) + 1):
             started = time.perf_counter()
-            model.train()
-            loss_sum = torch.zeros((), device=dev)  # summed on the device: no sync per step
-            weight_sum = torch.zeros((), device=dev)
-            for step, (images, y) in enumerate(train_loader, start=1):
-                images, y = images.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-                with autocast(dev):
-                    logits = model(images)
-                loss = F.cross_entropy(logits.float(), y, weight=weights)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                # the weighted mean over the batch, times its weight sum = the batch's share of the epoch loss
-                loss_sum += loss.detach() * weights[y].sum()
-                weight_sum += weights[y].sum()
-                if step % log_every == 0 and step < len(train_loader):
-                    log.info("fold %s epoch %d: batch %d/%d, train loss so far %.4f", fold, epoch, step,
-                             len(train_loader), (loss_sum / weight_sum).item())
+            train_loss = train_epoch(model, train_loader, optimizer, weights, dev, f"fold {fold} epoch {epoch}")
             val_loss, val_pred, val_true = evaluate(model, val_loader, weights, dev)
             if not math.isfinite(val_loss):
                 raise FerseqError(f"fold {fold} epoch {epoch}: val loss is {val_loss}, training diverged; "
                                   f"lower frame_model.lr (now {cfg['lr']})")
             val_f1 = f1_score(val_true, val_pred, labels=np.unique(val_true), average="macro", zero_division=0)
-            row = {"epoch": epoch, "train_loss": (loss_sum / weight_sum).item(), "val_loss": val_loss,
+            row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
                    "val_macro_f1": float(val_f1), "seconds": time.perf_counter() - started}
             history.append(row)
             mlflow.log_metrics({k: row[k] for k in ("train_loss", "val_loss", "val_macro_f1")} |
@@ -371,7 +424,9 @@ def train_frame_model(faces: Mapping[str, str | Path], segments_path: str | Path
         save_checkpoint(out_model, model, best["state_dict"], fold=fold, seed=seed,
                         class_weights=[float(w) for w in weights.cpu()], best_epoch=best["epoch"],
                         val_loss=best["val_loss"], val_macro_f1=best["val_macro_f1"], epochs_run=len(history),
-                        train_frames=len(train_y), val_frames=len(val_y), config_hash=tracking.config_hash(dict(config)))
+                        train_frames=len(train_y), val_frames=len(val_y), config_hash=tracking.config_hash(dict(config)),
+                        # the crops this model expects: `ferseq predict` makes new videos' faces the same way
+                        faces=dict(config.get("faces", {})))
         with atomic_path(out_metrics) as tmp:
             pd.DataFrame(history, columns=list(history[0])).to_csv(tmp, index=False)
         mlflow.log_metrics({"best_epoch": best["epoch"], "best_val_loss": best["val_loss"],

@@ -39,3 +39,18 @@ def job_outputs(cfg: dict[str, Any], pattern: str) -> list[str]:
     e.g. ``results/folds/{{fold}}/sequence_model/{{arch}}/{point}.pt``.
     """
     return [pattern.format(point=point_name(lr, "{hidden}", dropout)) for lr, dropout in job_points(cfg)]
+
+
+def uses_gpu(cfg: dict[str, Any]) -> bool:
+    """Whether grid jobs ask the scheduler for a GPU: only with ``device: cuda``.
+
+    ``auto`` cannot know when the DAG is built whether the node that runs a job
+    has a GPU, so it never asks (a CPU-only cluster never gets a GPU request);
+    the job then uses a GPU only if it sees one.
+    """
+    return cfg.get("device", "auto") == "cuda"
+
+
+def gpu_resources(cfg: dict[str, Any]) -> dict[str, int]:
+    """The grid rule's GPU resource: ``{"gpu": 1}`` when :func:`uses_gpu`, else none."""
+    return {"gpu": 1} if uses_gpu(cfg) else {}

@@ -8,6 +8,11 @@ test windows stay disjoint so every test frame is scored once.
 Frames without a face follow ``faces.missing_face``: ``drop`` skips them (the
 window is made of the face frames that remain, in order), ``repeat`` fills each
 with the last face frame before it (the first face frame for leading gaps).
+
+A window file keeps every per-frame column of the feature store, frame by
+frame: ``embedding`` (L x 512), ``probs`` (L x C) and ``landmarks`` (L x 136,
+normalised), so the evaluation scores every method on the same frames and
+``windows.features`` (:func:`inputs`) chooses what the sequence models read.
 """
 
 from __future__ import annotations
@@ -25,6 +30,18 @@ import pyarrow.parquet as pq
 from ferseq.outputs import atomic_path
 
 log = logging.getLogger(__name__)
+
+
+# The reference's class-specific overlaps (minority classes of its data), for windows.overlap: null.
+REFERENCE_OVERLAP = {"happy": 0.5, "pensive": 0.3}
+
+
+def overlaps(windows_cfg: dict, classes: list[str]) -> dict[str, float]:
+    """The train/val overlap per class: ``windows.overlap`` as given, or the reference's for the classes kept."""
+    given = windows_cfg.get("overlap")
+    if given is None:
+        return {name: value for name, value in REFERENCE_OVERLAP.items() if name in classes}
+    return dict(given)
 
 
 def stride(length: int, overlap: float) -> int:
@@ -56,16 +73,22 @@ def segment_frames(start: int, end: int, face_frames: np.ndarray, policy: str) -
     return lo + np.clip(positions, 0, None), frames
 
 
-def cut(features: pd.DataFrame, embeddings: np.ndarray, probs: np.ndarray, segments: pd.DataFrame, length: int,
-        overlap: dict[str, float], policy: str = "repeat") -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+# What the sequence models read, by ``windows.features``: the columns, side by side.
+FEATURE_COLUMNS = {"embedding": ("embedding",), "landmarks": ("landmarks",), "both": ("embedding", "landmarks")}
+# The per-frame columns of a window file besides its table, all (W, L, width) float32.
+MATRICES = ("embedding", "probs", "landmarks")
+
+
+def cut(features: pd.DataFrame, per_frame: dict[str, np.ndarray], segments: pd.DataFrame, length: int,
+        overlap: dict[str, float], policy: str = "repeat") -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """Windows of the given segments.
 
     ``features``: one row per face frame (segment_id, frame), aligned with the
-    rows of ``embeddings`` (N, D) and ``probs`` (N, C); only the rows of
-    ``segments`` (segment_id, video_id, subject, label, start, end) are used.
-    ``overlap``: class -> overlap fraction ({} for test).
+    rows of each ``per_frame`` matrix (name -> (N, D), e.g. embedding, probs,
+    landmarks); only the rows of ``segments`` (segment_id, video_id, subject,
+    label, start, end) are used. ``overlap``: class -> overlap fraction ({} for test).
     Returns the window table (window_id, segment_id, video_id, subject, label,
-    first_frame, last_frame), embeddings (W, length, D) and probs (W, length, C).
+    first_frame, last_frame) and name -> (W, length, D) for every matrix.
     """
     rows, picks = [], []
     order = np.lexsort((features["frame"].to_numpy(), features["segment_id"].to_numpy()))
@@ -80,45 +103,64 @@ def cut(features: pd.DataFrame, embeddings: np.ndarray, probs: np.ndarray, segme
     table = pd.DataFrame(rows, columns=["segment_id", "video_id", "subject", "label", "first_frame", "last_frame"])
     table.insert(0, "window_id", np.arange(len(table), dtype=np.int64))
     picks = np.array(picks, dtype=np.int64).reshape(len(rows), length)
-    return table, embeddings[picks].astype(np.float32), probs[picks].astype(np.float32)
+    return table, {name: matrix[picks].astype(np.float32) for name, matrix in per_frame.items()}
 
 
-def read_features(path: str | Path) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-    """A feature store file as (frame table, embeddings (N, D), probs (N, C)), without per-row Python objects."""
+def inputs(matrices: dict[str, np.ndarray], features: str) -> np.ndarray:
+    """The sequence-model input (W, L, D) of a window set for ``windows.features`` (embedding, landmarks, both)."""
+    if features not in FEATURE_COLUMNS:
+        raise ValueError(f"windows.features: {features!r} is not one of {sorted(FEATURE_COLUMNS)}")
+    missing = [name for name in FEATURE_COLUMNS[features] if name not in matrices]
+    if missing:
+        raise ValueError(f"windows.features {features!r} needs the window column(s) {missing}, which these windows "
+                         "lack: they were cut from an older feature store; rerun the features stage")
+    parts = [matrices[name] for name in FEATURE_COLUMNS[features]]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=2)
+
+
+def _matrix(arrow: pa.Table, name: str, rows: int, shape: tuple[int, ...]) -> np.ndarray:
+    flat = arrow.column(name).combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return flat.reshape(rows, *shape).astype(np.float32, copy=False)
+
+
+def read_features(path: str | Path) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """A feature store file as (frame table, name -> (N, D) for embedding, probs and landmarks when present),
+    without per-row Python objects."""
     arrow = pq.read_table(path)
-
-    def matrix(name: str) -> np.ndarray:
-        column = arrow.column(name).combine_chunks()
-        width = getattr(column.type, "list_size", -1)  # fixed-size lists: known even for an empty file
-        return column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), width).astype(np.float32)
-
-    return arrow.drop_columns(["embedding", "probs"]).to_pandas(), matrix("embedding"), matrix("probs")
+    names = [name for name in MATRICES if name in arrow.column_names]
+    # fixed-size lists (the features stage's): the width is known even for an empty file
+    per_frame = {name: _matrix(arrow, name, arrow.num_rows, (getattr(arrow.schema.field(name).type, "list_size", -1),))
+                 for name in names}
+    return arrow.drop_columns(names).to_pandas(), per_frame
 
 
 class WindowWriter:
-    """Appends windows to one Parquet file, one row group per call, so memory stays per video."""
+    """Appends windows to one Parquet file, one row group per call, so memory stays per video.
 
-    def __init__(self, path: str | Path, length: int, dim: int, classes: int):
-        self.path, self.length, self.dim, self.classes = Path(path), length, dim, classes
+    ``widths``: per-frame width of each matrix column (e.g. embedding 512, probs C, landmarks 136).
+    """
+
+    def __init__(self, path: str | Path, length: int, widths: dict[str, int]):
+        self.path, self.length, self.widths = Path(path), length, dict(widths)
         self.schema = pa.schema([
             ("window_id", pa.int64()), ("segment_id", pa.int64()), ("video_id", pa.string()), ("subject", pa.string()),
             ("label", pa.string()), ("first_frame", pa.int64()), ("last_frame", pa.int64()),
-            ("embedding", pa.list_(pa.float32(), length * dim)), ("probs", pa.list_(pa.float32(), length * classes)),
-        ], metadata={b"ferseq.window_length": str(length).encode(), b"ferseq.embedding_dim": str(dim).encode(),
-                     b"ferseq.classes": str(classes).encode()})
+            *((name, pa.list_(pa.float32(), length * width)) for name, width in self.widths.items()),
+        ], metadata={b"ferseq.window_length": str(length).encode()})
         self.count = 0
         # Written under a temporary name, renamed on close: a failed job leaves no file that looks complete.
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
         self._writer = pq.ParquetWriter(self._tmp, self.schema)
 
-    def append(self, table: pd.DataFrame, embeddings: np.ndarray, probs: np.ndarray) -> None:
+    def append(self, table: pd.DataFrame, matrices: dict[str, np.ndarray]) -> None:
         """Add windows; their window_id is renumbered to follow the ones already written."""
         n = len(table)
         columns = {name: table[name].to_numpy() for name in ("segment_id", "video_id", "subject", "label", "first_frame", "last_frame")}
         columns["window_id"] = np.arange(self.count, self.count + n, dtype=np.int64)
-        columns["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(embeddings.reshape(-1), pa.float32()), self.length * self.dim)
-        columns["probs"] = pa.FixedSizeListArray.from_arrays(pa.array(probs.reshape(-1), pa.float32()), self.length * self.classes)
+        for name, width in self.widths.items():
+            columns[name] = pa.FixedSizeListArray.from_arrays(pa.array(matrices[name].reshape(-1), pa.float32()),
+                                                              self.length * width)
         self._writer.write_table(pa.table({f.name: columns[f.name] for f in self.schema}, schema=self.schema))
         self.count += n
 
@@ -131,24 +173,25 @@ class WindowWriter:
             os.replace(self._tmp, self.path)
 
 
-def write(path: str | Path, table: pd.DataFrame, embeddings: np.ndarray, probs: np.ndarray) -> None:
+def write(path: str | Path, table: pd.DataFrame, matrices: dict[str, np.ndarray]) -> None:
     """Write one window table at once (see :class:`WindowWriter` for the format)."""
-    writer = WindowWriter(path, embeddings.shape[1], embeddings.shape[2], probs.shape[2])
-    writer.append(table, embeddings, probs)
+    length = next(iter(matrices.values())).shape[1]
+    writer = WindowWriter(path, length, {name: m.shape[2] for name, m in matrices.items()})
+    writer.append(table, matrices)
     writer.close()
 
 
-def read(path: str | Path) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-    """A windows file as (window table, embeddings (W, L, D), probs (W, L, C))."""
-    arrow = pq.read_table(path)
-    meta = arrow.schema.metadata
-    length, dim, classes = (int(meta[k]) for k in (b"ferseq.window_length", b"ferseq.embedding_dim", b"ferseq.classes"))
-
-    def values(name: str, width: int) -> np.ndarray:
-        flat = arrow.column(name).combine_chunks().flatten().to_numpy(zero_copy_only=False)
-        return flat.reshape(arrow.num_rows, length, width)
-
-    return arrow.drop_columns(["embedding", "probs"]).to_pandas(), values("embedding", dim), values("probs", classes)
+def read(path: str | Path, columns: Iterable[str] | None = None) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """A windows file as (window table, name -> (W, L, width) for its matrix columns, or only ``columns``)."""
+    schema = pq.read_schema(path)
+    length = int(schema.metadata[b"ferseq.window_length"])
+    present = [name for name in MATRICES if name in schema.names]
+    wanted = present if columns is None else [name for name in columns if name in present]
+    table_columns = [name for name in schema.names if name not in present]
+    arrow = pq.read_table(path, columns=table_columns + wanted)
+    matrices = {name: _matrix(arrow, name, arrow.num_rows, (length, schema.field(name).type.list_size // length))
+                for name in wanted}
+    return arrow.select(table_columns).to_pandas(), matrices
 
 
 def feature_files(folder: str | Path) -> list[Path]:
@@ -168,15 +211,15 @@ def write_windows(feature_files: Iterable[str | Path], segments_path: str | Path
     labels: dict[str, list[str]] = {split: [] for split in outputs}
     try:
         for path in feature_files:
-            features, embeddings, probs = read_features(path)
+            features, per_frame = read_features(path)
             if features.empty:
                 continue
             for split in outputs:
                 mine = segments[(segments["split"] == split) & segments["segment_id"].isin(features["segment_id"].unique())]
-                table, emb, prob = cut(features, embeddings, probs, mine, length, overlap if split != "test" else {}, policy)
+                table, matrices = cut(features, per_frame, mine, length, overlap if split != "test" else {}, policy)
                 if split not in writers:
-                    writers[split] = WindowWriter(outputs[split], length, embeddings.shape[1], probs.shape[1])
-                writers[split].append(table, emb, prob)
+                    writers[split] = WindowWriter(outputs[split], length, {k: m.shape[1] for k, m in per_frame.items()})
+                writers[split].append(table, matrices)
                 labels[split] += table["label"].tolist()
         if len(writers) < len(outputs):
             raise ValueError(f"fold {fold}: no face features in any video; nothing to cut into windows")

@@ -5,10 +5,14 @@ from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 from snakemake.utils import validate
 
+import ferseq.cluster
 import ferseq.config
+import ferseq.errors
+import ferseq.pretrained
 import ferseq.tracking
 from ferseq.annotations import planned_videos
 from ferseq.grid import grid, job_outputs, job_points
+from ferseq.windows import overlaps as windows_overlap
 
 
 SCHEMAS = Path(workflow.basedir) / "workflow" / "schemas"
@@ -19,6 +23,18 @@ except WorkflowError:
     raise WorkflowError(ferseq.config.explain(config, SCHEMAS / "config.schema.yaml")) from None
 ferseq.config.check(config)
 
+# frame_model.pretrained: true is the reference (ImageNet weights). Checked once, in the
+# process that plans the DAG, so an offline run without the weights stops before any job;
+# the jobs themselves (on nodes without network) only read the weights file.
+if config["frame_model"]["pretrained"] is True and workflow.is_main_process:
+    try:
+        _source = ferseq.pretrained.check_obtainable(
+            config["frame_model"]["backbone"], config["frame_model"]["weights_dir"]
+        )
+    except ferseq.errors.ConfigError as err:
+        raise WorkflowError(str(err)) from None
+    logger.info(f"frame_model.pretrained: ImageNet weights from {_source}")
+
 onstart:
     # Jobs on many nodes writing one sqlite file over a shared filesystem can corrupt it.
     if workflow.non_local_exec and ferseq.tracking.is_local_store(config):
@@ -26,6 +42,12 @@ onstart:
             "mlflow.tracking_uri is a local sqlite store but jobs run on a cluster: "
             "set it to an `mlflow server` URI (http://host:port, see README, 'Running on a cluster')"
         )
+    # A SLURM job bigger than every node of its partition would pend forever: refuse before submitting.
+    if workflow.non_local_exec and (nodes := ferseq.cluster.cluster_nodes()):
+        try:
+            ferseq.cluster.check(ferseq.cluster.requests_from_dag(workflow.dag, workflow.parent_groupids), nodes)
+        except ferseq.cluster.ClusterError as err:
+            raise WorkflowError(str(err)) from None
 
 
 _VIDEOS = {}
@@ -41,20 +63,35 @@ def videos():
     if not _VIDEOS:
         if config["data"].get("import"):
             checkpoints.import_annotations.get()
-        _VIDEOS.update(
-            planned_videos(
+        try:
+            planned = planned_videos(
                 config["data"]["annotations"],
                 config["data"]["videos"],
                 config["classes"],
                 config["data"]["min_segment_frames"],
             )
-        )
+        except ferseq.errors.FerseqError as err:  # a malformed table: its message, not a traceback
+            raise WorkflowError(str(err)) from None
+        check_faces_plan(planned)  # every video is in a faces batch (faces.smk)
+        _VIDEOS.update(planned)
     return _VIDEOS
 
 
 FOLDS = list(range(config["split"]["k"] if config["split"]["scheme"] == "kfold" else 1))
 GRID = grid(config["sequence_model"])
-EVAL_METHODS = ["per_frame", "aggregation", "cnn_lstm"]
+EVAL_METHODS = ["per_frame", "aggregation", "cnn_lstm", "landmarks", "landmarks_aggregation"]
+
+
+def weights_file(backbone):
+    """The backbone weights file that rule pretrained_weights writes."""
+    return str(ferseq.pretrained.weights_path(config["frame_model"]["weights_dir"], backbone))
+
+
+def pretrained_weights_input(wildcards):
+    """frame_model's initial backbone weights: the materialised ImageNet file with pretrained: true."""
+    if config["frame_model"]["pretrained"] is True:
+        return weights_file(config["frame_model"]["backbone"])
+    return []
 
 
 def video_path(video_id):
@@ -64,6 +101,8 @@ def video_path(video_id):
 
 def final_outputs(wildcards):
     """The targets of the whole workflow; each stage adds its final outputs."""
+    if FACES_BATCHES is None:  # data.import, first run: the rest is planned from its table (faces.smk)
+        return ["results/data/segments.parquet", "results/data/splits.parquet", "results/data/split_summary.csv"]
     return [
         "results/data/segments.parquet",
         "results/data/splits.parquet",

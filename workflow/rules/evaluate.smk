@@ -1,7 +1,34 @@
+# The landmark baseline of a fold: a per-frame classifier on the faces stage's normalised
+# landmarks, trained on the fold's train frames (C chosen on val); the floor for the frame CNN.
+rule landmark_baseline:
+    input:
+        faces=faces_inputs,
+        segments="results/data/segments.parquet",
+        splits="results/data/splits.parquet",
+    output:
+        model="results/folds/{fold}/landmark_baseline/model.pkl",
+        metrics="results/folds/{fold}/landmark_baseline/metrics.json",
+    params:
+        faces=lambda w: {v: f"results/faces/{v}.parquet" for v in videos()},
+    log:
+        "results/logs/folds/{fold}/landmark_baseline.log",
+    benchmark:
+        "results/benchmarks/folds/{fold}/landmark_baseline.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        "../../envs/ferseq.yaml"
+    script:
+        "../scripts/landmark_baseline.py"
+
+
 rule evaluate:
     input:
         test="results/folds/{fold}/windows/test.parquet",
         best="results/folds/{fold}/sequence_model/best.json",
+        baseline="results/folds/{fold}/landmark_baseline/model.pkl",
     output:
         tables=expand(
             "results/folds/{{fold}}/evaluation/{method}.csv", method=EVAL_METHODS

@@ -6,7 +6,7 @@
 rule features:
     input:
         model="results/folds/{fold}/frame_model/model.pt",
-        faces=lambda w: expand("results/faces/{video}.parquet", video=videos()),
+        faces=faces_inputs,
         segments="results/data/segments.parquet",
     output:
         directory("results/folds/{fold}/features"),
@@ -16,7 +16,8 @@ rule features:
         "results/logs/folds/{fold}/features.log",
     benchmark:
         "results/benchmarks/folds/{fold}/features.tsv"
-    threads: 2
+    # the main process and its frame_model.num_workers loader workers (sbatch --cpus-per-task)
+    threads: config["frame_model"]["num_workers"] + 1
     resources:
         mem_mb=4000,
         runtime=720,

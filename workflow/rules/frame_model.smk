@@ -1,8 +1,29 @@
+# ImageNet weights (frame_model.pretrained: true) are written once, where Snakemake runs (a
+# local rule: the login node of a cluster, which has network or timm's cache); the
+# frame_model jobs on the nodes only read the file.
+rule pretrained_weights:
+    output:
+        weights_file("{backbone}"),
+    log:
+        "results/logs/pretrained_weights/{backbone}.log",
+    benchmark:
+        "results/benchmarks/pretrained_weights/{backbone}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../../envs/ferseq.yaml"
+    script:
+        "../scripts/pretrained_weights.py"
+
+
 rule frame_model:
     input:
-        faces=lambda w: expand("results/faces/{video}.parquet", video=videos()),
+        faces=faces_inputs,
         segments="results/data/segments.parquet",
         splits="results/data/splits.parquet",
+        weights=pretrained_weights_input,
     output:
         model="results/folds/{fold}/frame_model/model.pt",
         metrics=report(
@@ -17,7 +38,8 @@ rule frame_model:
         "results/logs/folds/{fold}/frame_model.log",
     benchmark:
         "results/benchmarks/folds/{fold}/frame_model.tsv"
-    threads: 2
+    # the main process and its frame_model.num_workers loader workers (sbatch --cpus-per-task)
+    threads: config["frame_model"]["num_workers"] + 1
     resources:
         mem_mb=8000,
         runtime=720,

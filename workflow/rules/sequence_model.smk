@@ -1,3 +1,6 @@
+from ferseq.grid import gpu_resources, uses_gpu
+
+
 rule open_search:
     input:
         train="results/folds/{fold}/windows/train.parquet",
@@ -19,7 +22,8 @@ rule open_search:
 
 
 # One job per fold, architecture and hidden size trains all its (lr, dropout) points in one
-# process: the windows are read and Python, torch and MLflow start once for those points.
+# process, together (one fused computation per batch): the windows are read and moved to the
+# device, and Python, torch and MLflow start, once for those points.
 rule sequence_model:
     input:
         train="results/folds/{fold}/windows/train.parquet",
@@ -36,18 +40,24 @@ rule sequence_model:
         ),
     params:
         points=job_points(config["sequence_model"]),
+        # what the models read (embedding, landmarks or both): a change retrains the grid
+        features=config["windows"]["features"],
     log:
         "results/logs/folds/{fold}/sequence_model/{arch}/h{hidden}.log",
     benchmark:
         "results/benchmarks/folds/{fold}/sequence_model/{arch}/h{hidden}.tsv"
-    # A cluster run submits several of a fold's jobs in one SLURM job (see the slurm profile).
+    # A cluster run submits several of a fold's CPU jobs in one SLURM job (see the slurm profile);
+    # a GPU job goes alone (a group adds up its jobs' GPUs, and they would share one device).
     group:
-        "sequence_grid_{fold}"
+        None if uses_gpu(config["sequence_model"]) else "sequence_grid_{fold}"
     threads: 1
     resources:
         mem_mb=2000,
         # minutes: up to 30 a point (200 epochs on one core); measure yours in results/benchmarks/
         runtime=30 * len(job_points(config["sequence_model"])),
+        # gpu=1 only with sequence_model.device: cuda; "auto" cannot know at DAG time whether
+        # a node has a GPU, so it never asks for one (it uses one if the job sees it)
+        **gpu_resources(config["sequence_model"]),
     conda:
         "../../envs/ferseq.yaml"
     script:

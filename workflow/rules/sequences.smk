@@ -16,7 +16,7 @@ rule windows:
         ),
     params:
         length=config["windows"]["length"],
-        overlap=config["windows"]["overlap"],
+        overlap=windows_overlap(config["windows"], config["classes"]["names"]),
         missing_face=config["faces"]["missing_face"],
         classes=config["classes"]["names"],
     log:

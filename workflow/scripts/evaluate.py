@@ -1,4 +1,4 @@
-"""Rule evaluate: per-frame CNN, frame aggregation and CNN-LSTM on the same test windows of a fold."""
+"""Rule evaluate: per-frame CNN, frame aggregation, CNN-LSTM and the landmark baseline on the same test windows of a fold."""
 from pathlib import Path
 
 from ferseq import evaluate, logs
@@ -7,6 +7,7 @@ with logs.step(snakemake.log[0]):
     evaluate.evaluate_fold(
         snakemake.input.test,
         snakemake.input.best,
+        snakemake.input.baseline,
         snakemake.config,
         int(snakemake.wildcards.fold),
         Path(snakemake.output.tables[0]).parent,

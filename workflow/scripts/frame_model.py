@@ -13,4 +13,5 @@ with logs.step(snakemake.log[0]):
         snakemake.config,
         snakemake.output.model,
         snakemake.output.metrics,
+        init_weights=snakemake.input.get("weights") or None,
     )

@@ -1,4 +1,4 @@
-"""Rule sequence_model: train the (lr, dropout) points of one architecture and hidden size on a fold's windows."""
+"""Rule sequence_model: train the (lr, dropout) points of one architecture and hidden size together on a fold's windows."""
 from pathlib import Path
 
 import torch
