@@ -93,25 +93,25 @@ def _load(windows: str) -> None:
     _DATA["val"] = search.load_split(Path(windows) / "val.parquet", CLASSES)
 
 
-def _train_job(job: tuple, cfg: dict) -> tuple[float, list[int]]:
-    """Train one job's points together on the worker's loaded windows; its seconds and epochs per point."""
+def _train_job(job: tuple, cfg: dict) -> tuple[float, float, list[int]]:
+    """Train one job's points together on the worker's loaded windows; its seconds, CPU seconds and epochs per point."""
     arch, hidden = job
     points = [fused_lstm.Point(lr, dropout, 42) for lr, dropout in itertools.product(cfg["lr"], cfg["dropout"])]
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     results = fused_lstm.train_points(*_DATA["train"], *_DATA["val"], arch=arch, hidden=hidden, points=points,
                                       num_classes=len(CLASSES), epochs=cfg["epochs"], patience=cfg["patience"],
                                       batch_size=cfg["batch_size"], order_seed=42)
-    return time.perf_counter() - started, [len(r.history) for r in results]
+    return time.perf_counter() - started, time.process_time() - cpu, [len(r.history) for r in results]
 
 
-def _train_alone(point: tuple, cfg: dict) -> tuple[float, int]:
-    """Train one point alone, as before the fused trainer; its seconds and epochs."""
+def _train_alone(point: tuple, cfg: dict) -> tuple[float, float, int]:
+    """Train one point alone, as before the fused trainer; its seconds, CPU seconds and epochs."""
     arch, lr, hidden, dropout = point
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     result = sequence_model.train(*_DATA["train"], *_DATA["val"], arch=arch, lr=lr, hidden=hidden, dropout=dropout,
                                   num_classes=len(CLASSES), epochs=cfg["epochs"], patience=cfg["patience"],
                                   batch_size=cfg["batch_size"], seed=42)
-    return time.perf_counter() - started, len(result.history)
+    return time.perf_counter() - started, time.process_time() - cpu, len(result.history)
 
 
 def startup_seconds(windows: Path, repeat: int = 3) -> float:
@@ -229,20 +229,23 @@ def main() -> None:
             order = sorted(jobs, key=lambda job: -job[1] * (2 if job[0] != "lstm" else 1))
             done = pool.starmap(_train_job, [(job, cfg) for job in order], chunksize=1)
             wall = time.perf_counter() - started
-            epochs = [e for _, per_point in done for e in per_point]
-            print(f"grid, each job's points together: {wall:.1f} s wall for {points} points ({sum(s for s, _ in done):.1f} s "
-                  f"of training in {len(jobs)} jobs, median {statistics.median(epochs):.0f} epochs a point)")
+            epochs = [e for _, _, per_point in done for e in per_point]
+            cpu = sum(c for _, c, _ in done)
+            print(f"grid, each job's points together: {wall:.1f} s wall for {points} points ({sum(s for s, _, _ in done):.1f} s "
+                  f"of training, {cpu:.1f} CPU s, in {len(jobs)} jobs, median {statistics.median(epochs):.0f} epochs a point)")
             if args.compare:
                 started = time.perf_counter()
                 alone = pool.starmap(_train_alone, [(p, cfg) for p in itertools.product(
                     cfg["architectures"], cfg["lr"], cfg["hidden"], cfg["dropout"])])
                 before = time.perf_counter() - started
-                print(f"grid, every point alone (before): {before:.1f} s wall ({sum(s for s, _ in alone):.1f} s of "
-                      f"training, median {statistics.median(s for s, _ in alone):.2f} s and "
-                      f"{statistics.median(e for _, e in alone):.0f} epochs a point): together/alone {wall / before:.2f}")
+                cpu_before = sum(c for _, c, _ in alone)
+                print(f"grid, every point alone (before): {before:.1f} s wall ({sum(s for s, _, _ in alone):.1f} s of "
+                      f"training, {cpu_before:.1f} CPU s, median {statistics.median(s for s, _, _ in alone):.2f} s and "
+                      f"{statistics.median(e for _, _, e in alone):.0f} epochs a point): together/alone {wall / before:.2f} "
+                      f"wall, {cpu / cpu_before:.2f} CPU (CPU time is the fairer figure on a shared machine)")
         try:
             startup = startup_seconds(args.windows)
-            training = sum(s for s, _ in done)
+            training = sum(s for s, _, _ in done)
             print(f"job start-up (fresh Python, imports, windows read, MLflow runs): {startup:.2f} s; {len(jobs)} jobs: "
                   f"start-up {len(jobs) * startup / (len(jobs) * startup + training):.0%} of the grid's CPU time")
         except subprocess.CalledProcessError as err:  # e.g. a GPU machine without mlflow or snakemake

@@ -473,6 +473,10 @@ def test_example_configs_plan_the_workflow(tmp_path, name):
     """Once the schema has data.import and the Snakefile includes the rule: the example plans import -> data -> faces."""
     example = yaml.safe_load((EXAMPLES / f"{name}.yaml").read_text())
     (tmp_path / example["data"]["videos"]).mkdir(parents=True)
+    # The examples start from ImageNet weights (the reference); offline, planning needs them materialised.
+    weights = tmp_path / "results" / "weights" / "legacy_xception.safetensors"
+    weights.parent.mkdir(parents=True)
+    weights.touch()
     done = run_snakemake(tmp_path, "--configfile", str(EXAMPLES / f"{name}.yaml"), "-n")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "import_annotations" in done.stdout + done.stderr and "segments" in done.stdout + done.stderr

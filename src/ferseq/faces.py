@@ -204,7 +204,7 @@ def _qc_rows(name: str, ranges: Ranges, counts: dict[int, list[int]], seconds: f
         return round(found / frames, 4) if frames else math.nan
 
     rows = [{"video": name, "segment_id": sid, "label": label, "start": start, "end": end,
-             "frames": counts[sid][0], "faces_found": counts[sid][1], "detection_rate": rate(*counts[sid][::-1])}
+             "frames": counts[sid][0], "faces_found": counts[sid][1], "detection_rate": rate(counts[sid][1], counts[sid][0])}
             for start, end, sid, label in ranges]
     frames, found = sum(r["frames"] for r in rows), sum(r["faces_found"] for r in rows)
     rows.append({"video": name, "segment_id": None, "label": "all", "start": min((r[0] for r in ranges), default=0),

@@ -47,8 +47,8 @@ DEFAULTS: dict[str, Any] = {
 
 
 # The backbone's memory format, on every device. On an H200 (bf16) channels_last runs legacy_xception about
-# 2x as fast as the default layout; on the 2-core development CPU the feature stage ran 1.8x as fast with it
-# at 96 px (paired runs), and a train step about 1.4x: see README, Performance.
+# 2x as fast as the default layout; on the 2-core development CPU, at 96 px, the feature stage ran 1.8x as
+# fast with it and a train step 1.15-1.45x (medians of paired runs): see README, Performance.
 MEMORY_FORMAT = torch.channels_last
 
 
