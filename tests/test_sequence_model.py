@@ -248,5 +248,5 @@ def test_the_written_out_backward_pass_matches_autograd():
     steps, groups, batch, hidden = 4, 3, 2, 3
     gx = torch.randn(steps, groups, batch, 4 * hidden, dtype=torch.float64, requires_grad=True)
     w_hh = torch.randn(groups, 4 * hidden, hidden, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda g, w: fused_lstm.Recurrence.apply(g, w), (gx, w_hh))
-    assert torch.autograd.gradcheck(lambda g, w: fused_lstm.Recurrence.apply(g, w)[1], (gx, w_hh))
+    assert torch.autograd.gradcheck(lambda g, w: fused_lstm.Recurrence.apply(g, w, True), (gx, w_hh))
+    assert torch.autograd.gradcheck(lambda g, w: fused_lstm.Recurrence.apply(g, w, True)[1], (gx, w_hh))

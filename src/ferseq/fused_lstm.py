@@ -27,7 +27,10 @@ fewer kernel launches.
 How many points form one computation (a :class:`Stack`): on a GPU all of a
 job's points; on the CPU a few (:data:`CPU_STACK_PARAMETERS`): there the work is
 bound by arithmetic, not by launching operations, and a large stack's tensors
-no longer fit in the cache, so each batch goes through a few small stacks.
+no longer fit in the cache, so each batch goes through a few small stacks. A
+stack of one point (a large model on the CPU, or the last point of a stack)
+runs the point's SequenceClassifier with its weights: torch's own LSTM kernel
+is faster than the stacked steps for a single model.
 """
 
 from __future__ import annotations
@@ -128,7 +131,8 @@ class Recurrence(torch.autograd.Function):
     """G stacked LSTM layers run over time, with their backward pass written out (backpropagation through time).
 
     Input ``gx`` (T, G, B, 4H): each step's input projection plus both biases, time-major;
-    ``w_hh`` (G, 4H, H). Output: every step's hidden state (T, G, B, H) and the last one (G, B, H).
+    ``w_hh`` (G, 4H, H); ``training``: keep what the backward pass needs. Output: every step's
+    hidden state (T, G, B, H) and the last one (G, B, H).
     Written out rather than left to autograd because autograd, step by step, would compute the
     recurrent weights' gradient as T thin products (inner size = batch) and zero-fill a full-size
     gradient for every time slice; here it is one batched product over all steps, as cuDNN and
@@ -136,9 +140,10 @@ class Recurrence(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, gx: torch.Tensor, w_hh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(ctx, gx: torch.Tensor, w_hh: torch.Tensor, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
         steps, groups, batch, width = gx.shape
         hidden = width // 4
+        g_gate = slice(2 * hidden, 3 * hidden)
         hs = gx.new_zeros(steps + 1, groups, batch, hidden)  # h_0 = 0, then h_1 .. h_T
         cs = gx.new_zeros(steps + 1, groups, batch, hidden)
         acts = torch.empty_like(gx)  # the gates after their nonlinearity: i, f, g, o (nn.LSTM's order)
@@ -147,39 +152,48 @@ class Recurrence(torch.autograd.Function):
         for t in range(steps):
             pre = torch.baddbmm(gx[t], hs[t], w)
             torch.sigmoid(pre, out=acts[t])
-            torch.tanh(pre[..., 2 * hidden:3 * hidden], out=acts[t, ..., 2 * hidden:3 * hidden])
+            torch.tanh(pre[..., g_gate], out=acts[t, ..., g_gate])
             i, f, g, o = acts[t].chunk(4, dim=2)
             torch.addcmul(f * cs[t], i, g, out=cs[t + 1])
             torch.tanh(cs[t + 1], out=tanh_cs[t])
             torch.mul(o, tanh_cs[t], out=hs[t + 1])
-        ctx.save_for_backward(w_hh, hs, cs, acts, tanh_cs)
+        if training:  # (grad mode is always off in here, so the caller says)
+            # each gate's derivative through its nonlinearity, for the backward pass:
+            # s (1 - s) for the sigmoid gates i, f, o and 1 - g^2 for the tanh gate g
+            slopes = acts * (1 - acts)
+            torch.addcmul(torch.ones_like(acts[..., g_gate]), acts[..., g_gate], acts[..., g_gate], value=-1,
+                          out=slopes[..., g_gate])
+            ctx.save_for_backward(w_hh, hs, cs, acts, tanh_cs, slopes)
         ctx.set_materialize_grads(False)
         return hs[1:], hs[-1].clone()
 
     @staticmethod
     def backward(ctx, grad_outputs: torch.Tensor | None, grad_last: torch.Tensor | None):
-        w_hh, hs, cs, acts, tanh_cs = ctx.saved_tensors
+        w_hh, hs, cs, acts, tanh_cs, slopes = ctx.saved_tensors
         steps, groups, batch, width = acts.shape
         hidden = width // 4
-        dgates = torch.empty_like(acts)
+        dgates = torch.empty_like(acts)  # gradient of each step's pre-activations, i.e. of gx
         dh = torch.zeros_like(hs[0]) if grad_last is None else grad_last.clone()
         dc = torch.zeros_like(cs[0])
         for t in reversed(range(steps)):
             if grad_outputs is not None:
                 dh += grad_outputs[t]
             i, f, g, o = acts[t].chunk(4, dim=2)
-            dc.addcmul_(dh * o, 1 - tanh_cs[t] * tanh_cs[t])  # c_t reaches h_t through o * tanh(c_t)
+            # h_t = o * tanh(c_t): into c_t (added to what c_(t+1) sends back) and into o
+            dc.addcmul_(dh * o, torch.addcmul(torch.ones_like(dc), tanh_cs[t], tanh_cs[t], value=-1))
             di, df, dg, do = dgates[t].chunk(4, dim=2)
-            torch.mul(dc * g, i * (1 - i), out=di)  # back through each gate's nonlinearity
-            torch.mul(dc * cs[t], f * (1 - f), out=df)
-            torch.mul(dc * i, 1 - g * g, out=dg)
-            torch.mul(dh * tanh_cs[t], o * (1 - o), out=do)
+            # c_t = f * c_(t-1) + i * g: into i, f, g
+            torch.mul(dc, g, out=di)
+            torch.mul(dc, cs[t], out=df)
+            torch.mul(dc, i, out=dg)
+            torch.mul(dh, tanh_cs[t], out=do)
+            dgates[t].mul_(slopes[t])  # back through the gates' nonlinearities
             dc = dc * f
             dh = torch.bmm(dgates[t], w_hh)
         # the recurrent weights' gradient: sum over steps of dgates_t^T h_(t-1), as one product
         grad_w = torch.bmm(dgates.transpose(0, 1).reshape(groups, steps * batch, width).transpose(1, 2),
                            hs[:-1].transpose(0, 1).reshape(groups, steps * batch, hidden))
-        return dgates, grad_w
+        return dgates, grad_w, None
 
 
 def _project_shared(x: torch.Tensor, w_ih: torch.Tensor, b_ih: torch.Tensor, b_hh: torch.Tensor) -> torch.Tensor:
@@ -212,10 +226,10 @@ def forward(params: dict[str, torch.Tensor], x: torch.Tensor, arch: str, dropout
     if bidirectional:  # the reverse direction reads the window backwards; it runs beside the forward one
         gx = torch.cat([gx, _project_shared(x.flip(0), *weights("l0_reverse"))], dim=1)  # (T, 2P, B, 4H)
         w_hh = torch.cat([w_hh, params["lstm.weight_hh_l0_reverse"]])
-    outputs, h = Recurrence.apply(gx, w_hh)
+    outputs, h = Recurrence.apply(gx, w_hh, torch.is_grad_enabled())
     if layers > 1:  # lstm2: dropout on the first layer's outputs (drawn time-major, as nn.LSTM), then layer 1
         seq = dropout(outputs.transpose(0, 1)).transpose(0, 1)  # (T, P, B, H)
-        _, h = Recurrence.apply(_project_own(seq, *weights("l1")), params["lstm.weight_hh_l1"])
+        _, h = Recurrence.apply(_project_own(seq, *weights("l1")), params["lstm.weight_hh_l1"], torch.is_grad_enabled())
     last = torch.cat([h[:points], h[points:]], dim=2) if bidirectional else h  # (P, B, H or 2H)
     last = dropout(last)
     return torch.baddbmm(params["head.bias"].unsqueeze(1), last, params["head.weight"].transpose(1, 2))
@@ -285,6 +299,7 @@ class Stack:
         self.best = {i: {name: w.detach().clone() for name, w in weights.items()} for i, weights in zip(index, self.weights)}
         self.dropout = Dropout([p.dropout for p in points], generators, device, seed)
         self.optimizer = self._adam()
+        self._single: SequenceClassifier | None = None  # the shape of a point, once the stack has one left
 
     def _adam(self, previous: torch.optim.Adam | None = None) -> torch.optim.Adam:
         """torch's Adam over the points' weights, a group per learning rate; ``previous``'s state carried over.
@@ -307,9 +322,32 @@ class Stack:
         """The points' weights stacked (P, ...) by name; gradients flow back to each point's own tensors."""
         return {name: torch.stack([w[name] for w in self.weights]) for name in self.weights[0]}
 
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Every point's logits (P, B, C) for the windows ``x`` (B, T, D)."""
+        if len(self.weights) > 1:
+            return forward(self.stacked(), x, self.arch, self.dropout)
+        # One point: the classifier itself with the point's weights (torch's own LSTM kernel, faster than
+        # the stacked steps for a single model), and its dropout; in exact mode the masks come from the
+        # point's own stream, set as the random state nn.Dropout and nn.LSTM read.
+        if self._single is None:
+            weights = self.weights[0]
+            with torch.random.fork_rng(devices=[]):  # its own initial weights are never used
+                self._single = SequenceClassifier(self.arch, weights["lstm.weight_ih_l0"].shape[1],
+                                                  weights["lstm.weight_hh_l0"].shape[1], weights["head.weight"].shape[0],
+                                                  self.dropout.probs[0]).to(weights["head.weight"].device)
+        model = self._single.train(self.dropout.training)  # (a one-point stack keeps its point until it stops)
+        if not (self.exact and self.dropout.training):
+            return torch.func.functional_call(model, self.weights[0], (x,)).unsqueeze(0)
+        generator = self.dropout.generators[0]
+        with torch.random.fork_rng(devices=[]):
+            torch.random.set_rng_state(generator.get_state())
+            logits = torch.func.functional_call(model, self.weights[0], (x,))
+            generator.set_state(torch.random.get_rng_state())
+        return logits.unsqueeze(0)
+
     def train_step(self, x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """One Adam step of every point on the batch; their losses (P,), detached."""
-        losses = point_losses(forward(self.stacked(), x, self.arch, self.dropout), y, weights)
+        losses = point_losses(self.logits(x), y, weights)
         self.optimizer.zero_grad(set_to_none=True)
         losses.sum().backward()  # the points share no weights: each gets its own loss's gradient
         self.optimizer.step()
@@ -320,11 +358,10 @@ class Stack:
                  batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
         """Every point's mean loss (P,) and predicted classes (P, N) on ``(x, y)``, as sequence_model.evaluate."""
         self.dropout.training = False
-        params = self.stacked()
         losses = torch.zeros(len(self.index), dtype=torch.float64, device=x.device)
         preds = []
         for i in range(0, len(x), batch_size):
-            logits = forward(params, x[i:i + batch_size], self.arch, self.dropout)
+            logits = self.logits(x[i:i + batch_size])
             losses += point_losses(logits, y[i:i + batch_size], weights).double() * logits.shape[1]
             preds.append(logits.argmax(dim=2))
         self.dropout.training = True
