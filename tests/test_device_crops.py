@@ -51,6 +51,16 @@ def test_png_crops_fall_back_to_opencv_and_bad_bytes_are_an_error(encoded):
         device_crops.decode_batch([encoded[0], encoded[1][:200]], 48, "cpu")  # a truncated JPEG
 
 
+def test_pixels_do_not_change_under_the_callers_autocast(encoded):
+    # Evaluation decodes its batches inside the model's autocast (bf16 on a GPU; the CPU's autocast is the
+    # same mechanism): resizing and augmentation must still compute in float32.
+    plain = device_crops.decode_batch(encoded[:8], 48, "cpu")
+    augmented = device_crops.augment_batch(plain, torch.Generator().manual_seed(1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(device_crops.decode_batch(encoded[:8], 48, "cpu"), plain)
+        assert torch.equal(device_crops.augment_batch(plain, torch.Generator().manual_seed(1)), augmented)
+
+
 def test_resize_weights_keep_the_mean_and_know_opencvs_edges():
     for src, dst, area in ((224, 96, True), (64, 32, True), (64, 80, False), (10, 7, False)):
         weights = device_crops.resize_weights(src, dst, area)

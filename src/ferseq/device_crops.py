@@ -92,10 +92,12 @@ def resize(images: torch.Tensor, size: int) -> torch.Tensor:
     area = height > size
     rows = resize_weights(height, size, area, images.device)
     cols = resize_weights(width, size, area, images.device)  # cached: never changed in place
-    # float32 matrix products (not under autocast: bf16 would cost grey levels). Ties round as OpenCV
+    # float32 matrix products, with autocast off even when the caller runs under it (evaluation
+    # loops do): bf16 steps are 1.0 above 128 and would shift grey levels. Ties round as OpenCV
     # rounds them: half up in its integer paths (INTER_AREA by a whole factor, fixed-point INTER_LINEAR),
     # half to even (cvRound) in its float path (INTER_AREA by a fractional factor).
-    resized = torch.matmul(torch.matmul(rows, images.float()), cols.T)
+    with torch.autocast(images.device.type, enabled=False):
+        resized = torch.matmul(torch.matmul(rows, images.float()), cols.T)
     if area and not (height % size == 0 and width % size == 0):
         resized = resized.round_()
     else:
@@ -133,7 +135,7 @@ def decode_batch(encoded: Sequence[torch.Tensor], size: int, device: torch.devic
             # torchvision 0.29 deprecates its image codecs for TorchCodec; decode_jpeg still works, and
             # older torchvision (the GPU machine's) has nothing else: its per-call warning is not repeated.
             warnings.simplefilter("ignore", DeprecationWarning)
-            images = decode_jpeg(list(encoded), mode=ImageReadMode.RGB, device=device)
+            images = _decode_jpegs(decode_jpeg, list(encoded), ImageReadMode.RGB, device)
     except RuntimeError as err:
         raise ValueError(f"a face crop cannot be decoded (corrupt JPEG bytes): {err}") from None
     shapes = {tuple(image.shape) for image in images}
@@ -144,6 +146,34 @@ def decode_batch(encoded: Sequence[torch.Tensor], size: int, device: torch.devic
         members = [i for i, image in enumerate(images) if tuple(image.shape) == shape]
         out[members] = resize(torch.stack([images[i] for i in members]), size)
     return out
+
+
+@functools.cache
+def _decode_stream(device: torch.device) -> torch.cuda.Stream:
+    """The CUDA stream that nvJPEG's output tensors are allocated on (one per device)."""
+    return torch.cuda.Stream(device)
+
+
+def _decode_jpegs(decode_jpeg, encoded: list[torch.Tensor], mode, device: torch.device) -> list[torch.Tensor]:
+    """``decode_jpeg(encoded, mode=mode, device=device)``, safe to call while earlier GPU work still runs.
+
+    torchvision allocates nvJPEG's outputs on the current stream but writes them from nvJPEG's own
+    stream without waiting for the current one (pytorch/vision PR 9606, not merged), so memory that
+    the still-running training step has just freed could be overwritten under it. Decoding under a
+    stream of its own gives the outputs memory from that stream's pool, which the training step never
+    frees into (so the decode still overlaps it); the current stream then waits for the decode, and the
+    outputs are marked as used by it, so their memory is not reused before its work is done.
+    """
+    if device.type != "cuda":
+        return decode_jpeg(encoded, mode=mode, device=device)
+    main = torch.cuda.current_stream(device)
+    side = _decode_stream(torch.device("cuda", device.index if device.index is not None else torch.cuda.current_device()))
+    with torch.cuda.stream(side):
+        images = decode_jpeg(encoded, mode=mode, device=device)
+    main.wait_stream(side)
+    for image in images:
+        image.record_stream(main)
+    return images
 
 
 def _shift_weights(size: int, shift: torch.Tensor, flip: torch.Tensor | None) -> torch.Tensor:
@@ -183,7 +213,8 @@ def augment_batch(images: torch.Tensor, generator: torch.Generator) -> torch.Ten
     max_shift = cpu_crops.SHIFT * size
     cols = _shift_weights(size, (2 * shift_x - 1) * max_shift, flip < 0.5)
     rows = _shift_weights(size, (2 * shift_y - 1) * max_shift, None)
-    moved = torch.matmul(torch.matmul(rows[:, None], images.float()), cols.transpose(1, 2)[:, None])
+    with torch.autocast(images.device.type, enabled=False):  # float32 pixels, as in resize
+        moved = torch.matmul(torch.matmul(rows[:, None], images.float()), cols.transpose(1, 2)[:, None])
     factor = 1 + cpu_crops.BRIGHTNESS * (2 * scale - 1)
     # crops.augment rounds after the shift, then truncates after the brightness change
     return (moved.add_(0.5).floor_() * factor[:, None, None, None]).clamp_(0, 255).to(torch.uint8)

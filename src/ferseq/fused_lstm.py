@@ -28,9 +28,9 @@ How many points form one computation (a :class:`Stack`): on a GPU all of a
 job's points; on the CPU a few (:data:`CPU_STACK_PARAMETERS`): there the work is
 bound by arithmetic, not by launching operations, and a large stack's tensors
 no longer fit in the cache, so each batch goes through a few small stacks. A
-stack of one point (a large model on the CPU, or the last point of a stack)
+stack of one point on the CPU (a large model, or the last point of a stack)
 runs the point's SequenceClassifier with its weights: torch's own LSTM kernel
-is faster than the stacked steps for a single model.
+is faster there than the stacked steps for a single model.
 """
 
 from __future__ import annotations
@@ -324,10 +324,11 @@ class Stack:
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Every point's logits (P, B, C) for the windows ``x`` (B, T, D)."""
-        if len(self.weights) > 1:
+        if len(self.weights) > 1 or x.device.type != "cpu":
             return forward(self.stacked(), x, self.arch, self.dropout)
-        # One point: the classifier itself with the point's weights (torch's own LSTM kernel, faster than
-        # the stacked steps for a single model), and its dropout; in exact mode the masks come from the
+        # One point on the CPU: the classifier itself with the point's weights (torch's own LSTM kernel,
+        # faster there than the stacked steps for a single model; cuDNN would copy the separate weight
+        # tensors into one buffer every call), and its dropout; in exact mode the masks come from the
         # point's own stream, set as the random state nn.Dropout and nn.LSTM read.
         if self._single is None:
             weights = self.weights[0]

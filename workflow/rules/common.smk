@@ -8,6 +8,7 @@ from snakemake.utils import validate
 import ferseq.cluster
 import ferseq.config
 import ferseq.errors
+import ferseq.group_packing
 import ferseq.pretrained
 import ferseq.tracking
 from ferseq.annotations import planned_videos
@@ -16,6 +17,10 @@ from ferseq.windows import overlaps as windows_overlap
 
 
 SCHEMAS = Path(workflow.basedir) / "workflow" / "schemas"
+
+# The SLURM profile packs a fold's grid jobs 3 to a SLURM job (group-components); Snakemake 9.27
+# packs them again, unevenly, when a checkpoint makes it build the DAG twice (ferseq.group_packing).
+ferseq.group_packing.apply()
 
 try:
     validate(config, "../schemas/config.schema.yaml")
