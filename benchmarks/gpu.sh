@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU figures of README "Performance" and the checks of the CUDA paths, as one run on a GPU machine
-# (torch, timm, OpenCV, pandas, pyarrow; no snakemake, mlflow or dlib needed):
+# (torch, torchvision, timm, OpenCV, pandas, pyarrow, scikit-learn, PyYAML; no snakemake, mlflow or dlib):
 #
 #     bash benchmarks/gpu.sh FACES_PARQUET
 #

@@ -30,6 +30,7 @@ import argparse
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -148,14 +149,16 @@ def main() -> None:
         sys.exit("no CUDA device")
     print(f"device {dev} ({torch.cuda.get_device_name(dev) if dev.type == 'cuda' else 'CPU'}), torch {torch.__version__}")
     with tempfile.TemporaryDirectory() as tmp:
-        for check in (lambda: check_decoding(args.faces, dev), lambda: check_features(args.faces, dev, Path(tmp)),
-                      lambda: check_training(args.faces, dev), lambda: check_fused_grid(dev)):
+        checks = {"crops": lambda: check_decoding(args.faces, dev),
+                  "features": lambda: check_features(args.faces, dev, Path(tmp)),
+                  "training": lambda: check_training(args.faces, dev),
+                  "fused LSTM grid": lambda: check_fused_grid(dev)}
+        for name, check in checks.items():
             try:
                 check()
             except Exception as err:  # noqa: BLE001 - one broken path must not hide the others' results
-                import traceback
                 traceback.print_exc()
-                report(getattr(check, "__name__", "check"), False, f"{type(err).__name__}: {err}")
+                report(name, False, f"{type(err).__name__}: {err}")
     print(f"{failures} failure(s)")
     sys.exit(failures)
 

@@ -131,7 +131,7 @@ def test_slurm_profile_dry_run_sizes_every_job(slurm_dry_run):
 
 
 # Snakemake 9.27 builds the DAG twice on a fresh run (the faces_segments checkpoint) and, unfixed,
-# packs the grid groups again: one group job of 9, others listed three times (ferseq.group_packing).
+# packs the grid groups again: one group job of 9, others listed twice (ferseq.group_packing).
 def test_slurm_profile_packs_a_folds_grid_jobs_three_to_a_slurm_job(tmp_path):
     # 2 folds x 3 architectures x 3 hidden sizes = 9 grid jobs per fold -> 3 group jobs per fold.
     config = write_config(tmp_path / "config.yaml", split={"unit": "segment", "scheme": "kfold", "k": 2},
@@ -160,6 +160,12 @@ def test_the_packing_fix_replaces_only_the_snakemake_method_it_was_written_for(m
 
     monkeypatch.setattr(DAG, "_update_group_components", changed_upstream)
     assert not group_packing.apply() and DAG._update_group_components is changed_upstream
+
+    def no_sources(function):
+        raise OSError("could not get source code")  # an installation without .py files
+
+    monkeypatch.setattr(group_packing.inspect, "getsource", no_sources)
+    assert not group_packing.apply()
 
 
 def test_slurm_plugin_loads_and_turns_rule_resources_into_sbatch_options(slurm_dry_run, tmp_path):

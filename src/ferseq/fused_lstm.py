@@ -337,6 +337,7 @@ class Stack:
                                                   weights["lstm.weight_hh_l0"].shape[1], weights["head.weight"].shape[0],
                                                   self.dropout.probs[0]).to(weights["head.weight"].device)
         model = self._single.train(self.dropout.training)  # (a one-point stack keeps its point until it stops)
+        # (exact=False on the CPU, which only the tests run, draws these masks from torch's global generator)
         if not (self.exact and self.dropout.training):
             return torch.func.functional_call(model, self.weights[0], (x,)).unsqueeze(0)
         generator = self.dropout.generators[0]

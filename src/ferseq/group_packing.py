@@ -73,8 +73,15 @@ def apply() -> bool:
     current = DAG._update_group_components
     if current is _update_group_components:
         return True
-    if _source_sha1(current) != KNOWN_SOURCE_SHA1:
-        log.debug("Snakemake's DAG._update_group_components is not the one ferseq.group_packing fixes: left as it is")
+    try:
+        known = _source_sha1(current) == KNOWN_SOURCE_SHA1
+    except (OSError, TypeError):  # an installation without its .py sources: nothing to compare with
+        known = False
+    if not known:
+        log.warning("ferseq.group_packing: this Snakemake's DAG._update_group_components is not the one the fix "
+                    "was written against (9.27.1), so it is left as it is; if --group-components packs unevenly "
+                    "(a dry run lists a group job with more jobs than the packing, or one several times), pass "
+                    "--group-components sequence_grid_{fold}=1")
         return False
     DAG._update_group_components = _update_group_components
     return True
