@@ -5,9 +5,9 @@ start (ferseq's ``faces_segments`` on every fresh run). Both passes recompute
 the groups; the first pass packs ``--group-components G=3`` by merging group
 jobs in place, but those group jobs are the ones Snakemake's group-job cache
 hands out again on the second pass, each now holding three jobs. The second
-pass merges those again: a fold's 9 grid jobs ended up in one group job of 9
-and others listed several times (24 job entries for 18 jobs in a dry run), so
-a SLURM job ran three times the work its resources were sized for.
+pass merges those again: a fold's 9 grid jobs ended up in one group job of 9,
+with others listed twice (24 job entries for 18 jobs in a dry run), instead of
+the 3 SLURM jobs of 3 that the profile asks for.
 
 :func:`apply` replaces ``DAG._update_group_components`` with the same
 packing, except that a merged group job comes from the cache under its own
