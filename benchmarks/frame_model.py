@@ -14,7 +14,7 @@ with the same model, batch size and input size:
   on CUDA in batches by nvJPEG with augmentation as tensor ops, ``--decode``
   overrides), the model placed as the pipeline places it (channels_last on
   CUDA), weighted cross entropy, Adam;
-- bare: as many train steps (forward under the pipeline's autocast, weighted
+- bare: as many of the pipeline's train steps (:func:`ferseq.frame_model.train_step`: autocast, weighted
   cross entropy, backward, Adam step) of the same model on the same crops,
   decoded beforehand and already on the device as uint8 batches (pure model
   time, an upper bound), in both memory layouts: default and channels_last.
@@ -39,7 +39,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import torch
-import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -48,8 +47,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from features import CLASSES, DEFAULT_VIDEO, make_faces  # noqa: E402  (benchmarks/features.py)
 from ferseq import crops  # noqa: E402
 from ferseq.device_crops import decode_on_device  # noqa: E402
-from ferseq.frame_model import (FrameModel, autocast, class_weights, default_device, frame_batches,  # noqa: E402
-                                settings, to_device, train_epoch)
+from ferseq.frame_model import (FrameModel, class_weights, default_device, frame_batches,  # noqa: E402
+                                optimizer_for, settings, to_device, train_epoch, train_step)
 
 
 def sync(dev: torch.device) -> None:
@@ -73,12 +72,7 @@ def bare_fps(model: FrameModel, optimizer: torch.optim.Optimizer, batches: list[
     sync(dev)
     started = time.perf_counter()
     for images, y in batches:
-        with autocast(dev):
-            logits = model(images)
-        loss = F.cross_entropy(logits.float(), y, weight=weights)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train_step(model, images, y, optimizer, weights, dev)
     sync(dev)
     return sum(len(images) for images, _ in batches) / (time.perf_counter() - started)
 
@@ -114,12 +108,12 @@ def main() -> None:
     batches = frame_batches(encoded, labels, cfg, dev, torch.Generator().manual_seed(0), decode_on_device(decode, dev))
 
     model = to_device(FrameModel(args.backbone, CLASSES, input_size=args.size), dev)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    optimizer = optimizer_for(model, 1e-4, dev)
     bare_models = {}
     for layout, fmt in (("default", torch.contiguous_format), ("channels_last", torch.channels_last)):
         bare = copy.deepcopy(model).to(memory_format=fmt)
         bare.memory_format = fmt
-        bare_models[layout] = (bare, torch.optim.Adam(bare.parameters(), lr=1e-4))
+        bare_models[layout] = (bare, optimizer_for(bare, 1e-4, dev))
     # Different images every step, as the loop sees them (one batch over and over trained slower on the CPU).
     images = torch.stack([crops.to_tensor(crops.decode(c.as_py(), args.size)) for c in encoded.chunk(0)]).to(dev)
     y = torch.as_tensor(labels).to(dev)

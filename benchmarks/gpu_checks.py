@@ -100,7 +100,7 @@ def check_training(faces: Path, dev: torch.device) -> None:
     model = frame_model.to_device(frame_model.FrameModel("legacy_xception", CLASSES, input_size=96), dev)
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
     weights = frame_model.class_weights(np.bincount(labels, minlength=len(CLASSES)), CLASSES).to(dev)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, **({"fused": True} if dev.type == "cuda" else {}))
+    optimizer = frame_model.optimizer_for(model, 1e-3, dev)
     generator = torch.Generator().manual_seed(0)
     batches = frame_model.frame_batches(table["crop"], labels, cfg, dev, generator, on_device=True)
     losses = [frame_model.train_epoch(model, batches, optimizer, weights, dev) for _ in range(2)]

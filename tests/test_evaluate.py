@@ -47,8 +47,6 @@ def fitted_baseline(tmp_path, rng):
 
 @pytest.mark.parametrize("features", ["embedding", "landmarks", "both"])
 def test_every_method_is_scored_on_the_same_test_windows(tmp_path, features):
-    from ferseq import landmark_baseline
-
     rng = np.random.default_rng(0)
     n, length, dim = 7, 4, 6
     labels = rng.integers(0, 3, n)

@@ -7,6 +7,7 @@ Everything runs the real dlib and OpenCV models on the shared test clips
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import math
 from pathlib import Path
@@ -23,7 +24,7 @@ from ferseq import alignment
 from ferseq.detection import Detection, SsdDetector, central_face, make_detector, model_path
 from ferseq.errors import ConfigError
 from ferseq.faces import DEFAULTS, METADATA_KEY, NoFaceError, extract_faces, find_face
-from ferseq.videos import VideoError
+from ferseq.videos import VideoError, iter_frames, probe
 
 from conftest import FIXTURES, REPO, SHARED_DATA
 
@@ -217,6 +218,32 @@ def test_frames_past_the_end_of_the_video_fail_and_write_nothing(cfg, tmp_path):
         extract_faces(VIDEOS / "man_neutral_to_happy.mp4", segments((1, "happy", 60, 90)), cfg,
                       tmp_path / "f.parquet", tmp_path / "qc.csv")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_to_end_runs_the_last_segment_to_where_the_video_ends(cfg, tmp_path):
+    # The same rows as a last segment that ends exactly where the video does.
+    video = VIDEOS / "man_neutral_to_happy.mp4"
+    n = probe(video).frames
+    segs = segments((1, "neutral", 0, 20), (2, "happy", 50, n))
+    exact = extract_faces(video, segs, cfg, tmp_path / "exact.parquet", tmp_path / "exact.csv")
+    segs.loc[1, "end"] = 1000
+    open_ended = extract_faces(video, segs, cfg, tmp_path / "to_end.parquet", tmp_path / "to_end.csv", to_end=True)
+    assert pd.read_parquet(tmp_path / "to_end.parquet").equals(pd.read_parquet(tmp_path / "exact.parquet"))
+    assert open_ended.drop(columns=["seconds_per_frame", "frames_per_second"]).equals(
+        exact.drop(columns=["seconds_per_frame", "frames_per_second"]))
+    # only the last segment may be cut short
+    segs = segments((1, "neutral", 60, n + 10), (2, "happy", n + 20, n + 30))
+    with pytest.raises(VideoError, match=f"before frame {n} of segment 1"):
+        extract_faces(video, segs, cfg, tmp_path / "f.parquet", tmp_path / "qc.csv", to_end=True)
+
+
+def test_iter_frames_reads_wanted_frames_lazily_and_in_order():
+    video = VIDEOS / "man_neutral_to_happy.mp4"
+    n = probe(video).frames
+    # an open-ended range stops where the video does, without being materialised
+    assert [i for i, _ in iter_frames(video, itertools.chain([3, 5], itertools.count(n - 2)))] == [3, 5, n - 2, n - 1]
+    with pytest.raises(ValueError, match="frames must increase: 2 after 5"):
+        list(iter_frames(video, [5, 2]))
 
 
 def test_overlapping_segments_are_refused(cfg, tmp_path):

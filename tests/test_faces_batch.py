@@ -93,7 +93,9 @@ def test_batch_segment_tables_then_one_job_writes_every_video(dataset, tmp_path)
     assert written["segment_id"].isna().tolist() == [False, False, True, False, True]  # empty cells, as pandas writes
     assert not (tmp_path / "partial" / batch.name).exists()  # nothing left over once the batch succeeded
     merged = merge_qc([tmp_path / "qc.csv", tmp_path / "qc.csv"], tmp_path / "merged.csv")
-    assert len(merged) == 2 * len(qc)
+    assert merged["label"].tolist() == qc["label"].tolist() * 2
+    assert merged["video"].tolist() == qc["video"].tolist() * 2
+    assert merged["frames"].tolist() == qc["frames"].tolist() * 2 and merged["segment_id"].dtype == "Int64"
 
 
 def test_failing_videos_are_named_and_the_others_work_is_reused(dataset, tmp_path, caplog):

@@ -126,7 +126,9 @@ def test_grid_point_and_selection_log_to_mlflow(tmp_path):
         assert checkpoint["features"] == "embedding" and set(checkpoint) >= {
             "state_dict", "arch", "input_dim", "hidden", "dropout", "classes", "window_length", "history", "metrics"}
         model, _ = search.load_model(f"{stem}.pt")
-        assert isinstance(model, sequence_model.SequenceClassifier)
+        loaded = model.state_dict()
+        assert loaded.keys() == checkpoint["state_dict"].keys()
+        assert all(torch.equal(loaded[k], checkpoint["state_dict"][k]) for k in loaded)
 
 
 def test_a_job_asking_for_cuda_without_a_gpu_stops_before_writing(tmp_path):

@@ -27,13 +27,19 @@ from dataclasses import dataclass
 
 # Processing a clip costs about this many frames on top of its frames: opening the file (or listing the
 # folder), the first full detection and writing its two output files (measured on 2- to 16-frame clips,
-# benchmarks/faces.py --corpus).
+# benchmarks/faces_corpus.py).
 CLIP_COST = 10
 
 # Seconds per frame-equivalent a job is granted on a cluster, by detector: about 10x what one core of the
 # development machine takes (README, Performance), for slower cores and larger frames.
 SECONDS_PER_FRAME = {"hog": 0.05, "opencv_dnn": 0.15, "mmod": 1.0}
 MINUTES_FIXED = 5  # start-up (Python, models) and a margin
+
+
+#: faces settings that do not change a video's faces files: missing_face (read by later stages),
+#: batch_frames (plans the batches) and skip_faceless_videos (read by the job from the config, so that
+#: turning it on after a failure neither reruns the batches that succeeded nor loses partial work).
+NOT_IN_OUTPUT = ("skip_faceless_videos", "missing_face", "batch_frames")
 
 
 @dataclass(frozen=True)

@@ -149,7 +149,7 @@ def _ui(args: argparse.Namespace) -> int:
     if not tracking.is_local_store(config):
         print(f"runs of {config.get('experiment', 'ferseq')}: {tracking.runs_url(config, uri)}")
         return 0
-    if not Path(uri[len("sqlite:///"):]).is_file():
+    if not tracking._sqlite_path(uri).is_file():
         raise FerseqError(f"mlflow.tracking_uri: {uri} has no store yet; run the workflow first")
     print(f"runs of {config.get('experiment', 'ferseq')}: {tracking.runs_url(config, f'http://{args.host}:{args.port}')}",
           flush=True)

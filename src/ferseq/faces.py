@@ -35,6 +35,7 @@ import csv
 import json
 import logging
 import math
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
@@ -130,10 +131,9 @@ def find_face(image: np.ndarray, cfg: dict[str, Any]) -> Face | None:
 Ranges = list[tuple[int, int, int, str]]  # (start, end, segment_id, label) of a video's kept segments
 
 
-def segment_ranges(segments: pd.DataFrame, video: str | Path) -> Ranges:
-    """(start, end, segment_id, label) sorted by start; overlapping segments are an error."""
-    return check_ranges([(int(r.start), int(r.end), int(r.segment_id), str(r.label)) for r in segments.itertuples()],
-                        video)
+def segment_ranges(segments: pd.DataFrame) -> Ranges:
+    """(start, end, segment_id, label) of each segment (:func:`process_video` sorts and checks them)."""
+    return [(int(r.start), int(r.end), int(r.segment_id), str(r.label)) for r in segments.itertuples()]
 
 
 def check_ranges(ranges: Ranges, video: str | Path) -> Ranges:
@@ -241,12 +241,15 @@ def _wanted(ranges: list[tuple[int, int, int, str]]) -> Iterator[tuple[int, int]
 
 
 def extract_faces(video_path: str | Path, segments: pd.DataFrame, cfg: dict[str, Any],
-                  out_parquet: str | Path, out_qc: str | Path, *, name: str | None = None) -> pd.DataFrame:
+                  out_parquet: str | Path, out_qc: str | Path, *, name: str | None = None,
+                  to_end: bool = False) -> pd.DataFrame:
     """Write the aligned faces of every frame inside ``segments`` of one video; return the QC table.
 
     ``segments``: this video's kept segments (segment_id, label, start, end,
     end exclusive). ``cfg``: the ``faces`` config with defaults filled in.
     ``name``: the video in the QC table and messages (default: the file name).
+    ``to_end``: the last segment runs to the end of the video, wherever that is (its ``end`` is
+    ignored), so the video is decoded once without counting its frames first.
     The QC table (also written to ``out_qc`` as CSV) has one row per segment
     (video, segment_id, label, start, end, frames, faces_found,
     detection_rate) and a last row for the whole video (segment_id empty,
@@ -258,26 +261,29 @@ def extract_faces(video_path: str | Path, segments: pd.DataFrame, cfg: dict[str,
     cfg = {**DEFAULTS, **cfg}
     name = name or Path(video_path).name
     with atomic_path(out_parquet) as tmp_parquet, atomic_path(out_qc) as tmp_qc:
-        rows = process_video(Path(video_path), segment_ranges(segments, video_path), cfg, tmp_parquet, name)
+        rows = process_video(Path(video_path), segment_ranges(segments), cfg, tmp_parquet, name,
+                             to_end=to_end)
         check_found(rows[-1], cfg)
-        qc = qc_table(rows)
-        qc.to_csv(tmp_qc, index=False)
-    return qc
+        write_qc(rows, tmp_qc)
+    return qc_table(rows)
 
 
 def process_video(video_path: Path, ranges: Ranges, cfg: dict[str, Any], out_parquet: Path,
-                  name: str) -> list[dict[str, Any]]:
+                  name: str, to_end: bool = False) -> list[dict[str, Any]]:
     """The faces of one video's ``ranges`` (:func:`segment_ranges`) into ``out_parquet``; return its QC rows.
 
     :func:`extract_faces` without the QC file and the no-face check (:func:`check_found`).
     """
     ranges = check_ranges(ranges, video_path)
-    total = sum(end - start for start, end, _, _ in ranges)
+    if to_end:  # the last range ends where the decoder stops
+        start, _, segment_id, label = ranges[-1]
+        ranges[-1] = (start, sys.maxsize, segment_id, label)
+    total = "?" if to_end else sum(end - start for start, end, _, _ in ranges)  # (for the progress lines)
     size, fmt, quality = int(cfg["crop_size"]), cfg["crop_format"], int(cfg["jpeg_quality"])
     tracker = make_tracker(cfg)
     schema = parquet_schema(cfg)
     counts = {sid: [0, 0] for _, _, sid, _ in ranges}  # segment_id -> [frames, faces found]
-    log.info("%s: %d frames in %d segments, detector %s", name, total, len(ranges), cfg["detector"])
+    log.info("%s: %s frames in %d segments, detector %s", name, total, len(ranges), cfg["detector"])
 
     started = time.perf_counter()
     with pq.ParquetWriter(out_parquet, schema) as writer:
@@ -299,13 +305,17 @@ def process_video(video_path: Path, ranges: Ranges, cfg: dict[str, Any], out_par
                 group = _RowGroup()
             if done % LOG_EVERY == 0:
                 fps = done / (time.perf_counter() - started)
-                log.info("%s: %d/%d frames, %.0f frames/s", name, done, total, fps)
+                log.info("%s: %d/%s frames, %.0f frames/s", name, done, total, fps)
         if len(group):
             writer.write_table(group.table(schema))
     missing = next(wanted, None)
+    if to_end and missing is not None and missing[1] == ranges[-1][2]:
+        ranges[-1] = (ranges[-1][0], missing[0], ranges[-1][2], ranges[-1][3])  # where the video ended
+        missing = None
     if missing is not None:
         raise VideoError(f"{video_path}: decoding stopped before frame {missing[0]} of segment {missing[1]} "
-                         f"({total - done} wanted frames missing); does the annotation end past the video's end?")
+                         f"({'some' if to_end else total - done} wanted frames missing); does the annotation end past "
+                         "the video's end?")
     seconds = time.perf_counter() - started
     rows = _qc_rows(name, ranges, counts, seconds, tracker.detections)
     video = rows[-1]

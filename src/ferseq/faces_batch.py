@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 #: for a planned video without any (all its rows dropped by the data stage).
 SEGMENT_COLUMNS = ["video_id", "video", "segment_id", "label", "start", "end"]
 #: faces settings that do not change a video's outputs: changing them reuses partial work.
-NOT_IN_OUTPUT = ("skip_faceless_videos", "missing_face", "batch_frames")
+NOT_IN_OUTPUT = batches.NOT_IN_OUTPUT
 PARTIAL_VERSION = 1  # bump when the faces outputs of the same inputs change
 
 

@@ -317,6 +317,23 @@ def frame_batches(crops: pa.ChunkedArray, labels: np.ndarray, cfg: Mapping[str, 
                   batch_size=batch_size, shuffle=train, generator=generator, drop_last=drop_last)
 
 
+def optimizer_for(model: FrameModel, lr: float, dev: torch.device) -> torch.optim.Adam:
+    """Adam over the model's weights; on a GPU one fused kernel for the whole update instead of a few per tensor."""
+    return torch.optim.Adam(model.parameters(), lr=lr, **({"fused": True} if dev.type == "cuda" else {}))
+
+
+def train_step(model: FrameModel, images: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer,
+               weights: torch.Tensor, dev: torch.device) -> torch.Tensor:
+    """One optimiser step on a batch already on the device; its weighted mean loss (on the device, detached)."""
+    with autocast(dev):
+        logits = model(images)
+    loss = F.cross_entropy(logits.float(), y, weight=weights)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
 def train_epoch(model: FrameModel, batches: Any, optimizer: torch.optim.Optimizer, weights: torch.Tensor,
                 dev: torch.device, name: str = "training") -> float:
     """One pass of the training loop over ``batches``; returns the epoch's weighted mean train loss.
@@ -329,14 +346,9 @@ def train_epoch(model: FrameModel, batches: Any, optimizer: torch.optim.Optimize
     log_every = max(1, len(batches) // 10)  # epochs of real data take long on a CPU
     for step, (images, y) in enumerate(batches, start=1):
         images, y = images.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-        with autocast(dev):
-            logits = model(images)
-        loss = F.cross_entropy(logits.float(), y, weight=weights)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        loss = train_step(model, images, y, optimizer, weights, dev)
         # the weighted mean over the batch, times its weight sum = the batch's share of the epoch loss
-        loss_sum += loss.detach() * weights[y].sum()
+        loss_sum += loss * weights[y].sum()
         weight_sum += weights[y].sum()
         if step % log_every == 0 and step < len(batches):
             log.info("%s: batch %d/%d, train loss so far %.4f", name, step, len(batches), (loss_sum / weight_sum).item())
@@ -382,8 +394,7 @@ def train_frame_model(faces: Mapping[str, str | Path], segments_path: str | Path
     # model, loss weights, optimiser
     model = to_device(build_model(config, init_weights), dev)
     weights = weights.to(dev)
-    # on a GPU one fused kernel for the whole update instead of a few per weight tensor
-    optimizer = torch.optim.Adam(model.parameters(), lr=float(cfg["lr"]), **({"fused": True} if dev.type == "cuda" else {}))
+    optimizer = optimizer_for(model, float(cfg["lr"]), dev)
 
     history: list[dict[str, float]] = []
     best = {"epoch": 0, "val_loss": math.inf, "val_macro_f1": 0.0, "state_dict": None}

@@ -51,7 +51,6 @@ log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda")
 # torch.optim.Adam's defaults, which sequence_model.train uses.
-BETA1, BETA2, EPS = 0.9, 0.999, 1e-8
 
 
 @dataclass(frozen=True)
@@ -263,7 +262,7 @@ def point_losses(logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor) -
 CPU_STACK_PARAMETERS = 2_000_000
 
 
-def parameters_per_point(arch: str, input_dim: int, hidden: int, num_classes: int = 4) -> int:
+def parameters_per_point(arch: str, input_dim: int, hidden: int, num_classes: int) -> int:
     """The number of weights of one SequenceClassifier (without building one)."""
     layers, bidirectional = ARCHITECTURES[arch]
     directions = 2 if bidirectional else 1
@@ -274,11 +273,12 @@ def parameters_per_point(arch: str, input_dim: int, hidden: int, num_classes: in
     return count + num_classes * (hidden * directions + 1)
 
 
-def default_stack_size(arch: str, input_dim: int, hidden: int, points: int, device: torch.device) -> int:
+def default_stack_size(arch: str, input_dim: int, hidden: int, num_classes: int, points: int,
+                       device: torch.device) -> int:
     """Points per fused computation: all of them on a GPU; on the CPU as many as fit :data:`CPU_STACK_PARAMETERS`."""
     if device.type != "cpu":
         return max(1, points)
-    return max(1, min(points, CPU_STACK_PARAMETERS // parameters_per_point(arch, input_dim, hidden)))
+    return max(1, min(points, CPU_STACK_PARAMETERS // parameters_per_point(arch, input_dim, hidden, num_classes)))
 
 
 class Stack:
@@ -414,7 +414,7 @@ def train_points(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, va
     weights = class_weights(train_y, num_classes).to(dev)
     # models: each point initialised as it would be alone, then stacked (points first)
     states, generators = zip(*(init_point(arch, train_x.shape[2], hidden, num_classes, p) for p in points))
-    size = stack_size or default_stack_size(arch, train_x.shape[2], hidden, len(points), dev)
+    size = stack_size or default_stack_size(arch, train_x.shape[2], hidden, num_classes, len(points), dev)
     exact = dev.type == "cpu" if exact is None else exact
     stacks = []
     for first in range(0, len(points), size):

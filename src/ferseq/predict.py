@@ -218,19 +218,19 @@ def predict_video(video: Path, bundle: Bundle, out_dir: Path, *, stride: int = 1
 
     started = time.perf_counter()
     name = video.stem if video.is_file() else video.name
-    info = videos.probe(video)
+    info = videos.probe(video, count="header")  # fps and a readable file; the faces stage counts the frames
     model = model or load_frame_model(bundle.frame_model, device)
     sequence = sequence or search.load_model(bundle.sequence_model)[0]
     cfg = {**faces.DEFAULTS, **bundle.faces, "skip_faceless_videos": True}
     with tempfile.TemporaryDirectory(prefix="ferseq-predict-") as tmp:
         tmp = Path(tmp)
         whole = pd.DataFrame([{"segment_id": 0, "label": "", "start": 0, "end": info.frames}])
-        faces.extract_faces(video, whole, cfg, tmp / "faces.parquet", tmp / "qc.csv", name=name)
+        faces.extract_faces(video, whole, cfg, tmp / "faces.parquet", tmp / "qc.csv", name=name, to_end=True)
         features.extract_video(model, tmp / "faces.parquet", {0: ""}, tmp / "features.parquet", video_id=name,
                                batch_size=batch_size, num_workers=num_workers)
         table = pq.read_table(tmp / "faces.parquet", columns=["frame", "face_found", "bbox"]).to_pandas()
         stored, per_frame = windows.read_features(tmp / "features.parquet")
-    n, classes = info.frames, bundle.classes
+    n, classes = len(table), bundle.classes  # every decoded frame has its row (a container's count can be off)
     face_frames = stored["frame"].to_numpy(np.int64)
     cnn = np.full((n, len(classes)), np.nan, np.float32)
     cnn[face_frames] = per_frame["probs"]

@@ -120,15 +120,15 @@ def check_obtainable(backbone: str, weights_dir: str | Path) -> str:
 
 def materialise(backbone: str, out_path: str | Path) -> Path:
     """Write the backbone's pretrained weights (headless) to ``out_path`` (safetensors), from timm's cache or network."""
-    import timm
     from safetensors.torch import save_file
+
+    from ferseq.frame_model import create_backbone
 
     log.info("backbone %s: pretrained weights from %s", backbone, cached_file(backbone) or "network (timm download)")
     try:
-        model = timm.create_model(backbone, pretrained=True, num_classes=0, global_pool="avg")
-    except Exception as err:  # no network, no cache, a broken file: the user's to fix, with the ways out
-        raise ConfigError(f"frame_model.pretrained: the ImageNet weights of backbone {backbone!r} could not be "
-                          f"loaded ({type(err).__name__}: {err}). {how_to_fix(backbone)}") from None
+        model = create_backbone(backbone, pretrained=True)
+    except ConfigError as err:  # no network, no cache, a broken file: the user's to fix, with the ways out
+        raise ConfigError(f"{err}. {how_to_fix(backbone)}") from None
     state = {key: value.detach().contiguous() for key, value in model.state_dict().items()}
     with atomic_path(out_path) as tmp:
         save_file(state, str(tmp), metadata={"backbone": backbone, "source": ":".join(source(backbone))})

@@ -131,8 +131,8 @@ def run_tags(config: dict[str, Any], stage: str, fold: int | str | None, run_nam
     return all_tags
 
 
-def end_stale_runs(experiment: str, step: str) -> list[str]:
-    """Mark the still-RUNNING runs of ``step`` KILLED and return their ids.
+def end_stale_runs(experiment: str, step: str, name: str) -> list[str]:
+    """Mark the still-RUNNING runs of ``step`` (run ``name``) KILLED, with a warning, and return their ids.
 
     A job killed by SIGKILL, a node failure or a time limit never ends its run;
     Snakemake never runs one step twice at once, so a RUNNING run of the step
@@ -145,7 +145,10 @@ def end_stale_runs(experiment: str, step: str) -> list[str]:
     stale = client.search_runs([experiment], f"tags.{STEP_TAG} = '{quoted}' and attributes.status = 'RUNNING'")
     for run in stale:
         client.set_terminated(run.info.run_id, status="KILLED")
-    return [run.info.run_id for run in stale]
+    killed = [run.info.run_id for run in stale]
+    if killed:
+        log.warning("MLflow: run(s) %s of %s were left RUNNING by a killed job: marked KILLED", ", ".join(killed), name)
+    return killed
 
 
 @contextmanager
@@ -167,9 +170,7 @@ def open_child_runs(config: dict[str, Any], stage: str, fold: int | str | None, 
     try:
         for name in run_names:
             tags = run_tags(config, stage, fold, name)
-            killed = end_stale_runs(exp, tags[STEP_TAG])
-            if killed:
-                log.warning("MLflow: run(s) %s of %s were left RUNNING by a killed job: marked KILLED", ", ".join(killed), name)
+            end_stale_runs(exp, tags[STEP_TAG], name)
             # The tags the fluent API adds (user, source), then ours, the parent and the name.
             tags = registry.resolve_tags({**tags, "mlflow.parentRunId": parent_run_id, "mlflow.runName": name})
             run_ids.append(client.create_run(exp, tags=tags, run_name=name).info.run_id)
@@ -196,9 +197,7 @@ def start_run(config: dict[str, Any], stage: str, fold: int | str | None = None,
     exp = experiment_id(config)
     name = run_name or (stage if fold is None else f"{stage}-fold{fold}")
     all_tags = run_tags(config, stage, fold, name, tags)
-    killed = end_stale_runs(exp, all_tags[STEP_TAG])
-    if killed:
-        log.warning("MLflow: run(s) %s of %s were left RUNNING by a killed job: marked KILLED", ", ".join(killed), name)
+    end_stale_runs(exp, all_tags[STEP_TAG], name)
     nested = parent_run_id is not None or mlflow.active_run() is not None
     with mlflow.start_run(experiment_id=exp, run_name=name, tags=all_tags, nested=nested, parent_run_id=parent_run_id) as run:
         mlflow.log_dict(config, "config.json")

@@ -84,16 +84,29 @@ def probe(path: str | Path, count: str = "decode") -> VideoInfo:
         cap.release()
 
 
-def iter_frames(path: str | Path, frames: Iterable[int] | None = None) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield ``(frame_index, BGR image)`` for the wanted frames, in order.
+def _increasing(frames: Iterable[int]) -> Iterator[int]:
+    """``frames`` as ints, checked to increase."""
+    last = -1
+    for frame in frames:
+        frame = int(frame)
+        if frame <= last:
+            raise ValueError(f"frames must increase: {frame} after {last}")
+        last = frame
+        yield frame
 
-    The video is streamed once from its start; frames not wanted are only
-    grabbed, not decoded, so memory does not grow with video length. Frames past
-    the end of the video are not yielded; the caller sees which are missing.
+
+def iter_frames(path: str | Path, frames: Iterable[int] | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(frame_index, BGR image)`` for the wanted frames (all when None).
+
+    ``frames`` must come in increasing order and is read lazily, so it may run
+    past the end of the video (e.g. an open-ended range). The video is streamed
+    once from its start; frames not wanted are only grabbed, not decoded, so
+    memory does not grow with video length. Frames past the end of the video
+    are not yielded; the caller sees which are missing.
     """
     path = Path(path)
     cv2 = _cv2()
-    wanted = None if frames is None else sorted(set(int(f) for f in frames))
+    wanted = None if frames is None else _increasing(frames)
     if path.is_dir():
         files = image_files(path)
         for index in wanted if wanted is not None else range(len(files)):

@@ -99,11 +99,6 @@ def pretrained_weights_input(wildcards):
     return []
 
 
-def video_path(video_id):
-    """The file (or image folder) of a planned video."""
-    return Path(config["data"]["videos"]) / videos()[video_id]
-
-
 def final_outputs(wildcards):
     """The targets of the whole workflow; each stage adds its final outputs."""
     if FACES_BATCHES is None:  # data.import, first run: the rest is planned from its table (faces.smk)

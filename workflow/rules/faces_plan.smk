@@ -34,13 +34,9 @@ def plan_faces_batches():
 
 FACES_BATCHES = plan_faces_batches()
 FACES_PLANNED = {v for batch in FACES_BATCHES or [] for v in batch.videos}
-# The faces settings that shape the outputs. Not among them: missing_face (read by later stages),
-# batch_frames (plans the batches) and skip_faceless_videos, which the job reads from the config
-# so that turning it on after a failure does not rerun the batches that succeeded.
+# The faces settings that shape the outputs (a rule parameter: changing one reruns the batches).
 FACES_SETTINGS = {
-    k: v
-    for k, v in config["faces"].items()
-    if k not in ("missing_face", "batch_frames", "skip_faceless_videos")
+    k: v for k, v in config["faces"].items() if k not in ferseq.batches.NOT_IN_OUTPUT
 }
 
 
