@@ -34,9 +34,13 @@ def plan_faces_batches():
 
 FACES_BATCHES = plan_faces_batches()
 FACES_PLANNED = {v for batch in FACES_BATCHES or [] for v in batch.videos}
-# The faces settings that shape the outputs (a rule parameter: changing one reruns the batches).
+# The faces settings that shape the outputs, a parameter of each batch, so changing one reruns
+# the batches. Not among them (ferseq.batches.NOT_IN_OUTPUT): missing_face, batch_frames and
+# skip_faceless_videos.
 FACES_SETTINGS = {
-    k: v for k, v in config["faces"].items() if k not in ferseq.batches.NOT_IN_OUTPUT
+    k: v
+    for k, v in config["faces"].items()
+    if k not in ferseq.batches.NOT_IN_OUTPUT
 }
 
 
