@@ -1,6 +1,7 @@
 """Snakemake overhead of the workflow: a no-op run on the finished demo, and DAG construction at scale.
 
     python benchmarks/dag.py [--videos 16000] [--folds 10] [--repeat 3] [--skip-noop] [--skip-synthetic]
+    python benchmarks/dag.py --protocol dfew --skip-noop     # DFEW-sized predefined 5-fold run
 
 1. No-op on the finished demo DAG, from the repository root (``results/`` must
    hold a complete demo run, e.g. after ``make demo``): ``snakemake -n`` and,
@@ -16,6 +17,11 @@
    (120 frames a video: about 77 videos a batch, some 200 batches for 16,000).
    ``snakemake -n --configfile ...`` is timed with the temporary folder as the
    working directory; the number of planned jobs is read from its summary.
+3. ``--protocol dfew``: the same at DFEW's size and protocol instead: 16,372
+   clips (``--videos`` to change it), each its own subject, 7 classes, a
+   ``folds`` column with each clip's test fold (1-5, as ``ferseq import dfew``
+   writes it), ``split.scheme: predefined`` (the folds read from the table when
+   the DAG is built) and uniform 16-frame sampling.
 
 Every command runs in a fresh process, as a user would type it. The last line
 is the DAG-construction time of the synthetic table, in seconds.
@@ -38,6 +44,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 CLASSES = ["neutral", "happy", "sad", "pensive"]
+DFEW_CLASSES = ["happy", "sad", "neutral", "anger", "surprise", "disgust", "fear"]
+DFEW_CLIPS = 16372
 
 
 def timed(command: list[str], cwd: Path) -> tuple[float, str]:
@@ -95,10 +103,35 @@ def synthetic(folder: Path, videos: int, folds: int, per_subject: int = 10) -> P
     return path
 
 
+def synthetic_dfew(folder: Path, clips: int) -> Path:
+    """A DFEW-shaped table (one clip per subject, its test fold 1-5 in the folds column) and its predefined config."""
+    (folder / "videos").mkdir()
+    with open(folder / "annotations.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["video", "subject", "label", "start_frame", "end_frame", "group", "folds", "identity_leak"])
+        for i in range(clips):
+            name = f"{i + 1:05d}"
+            (folder / "videos" / name).touch()  # a frame folder in the release; planning only checks it exists
+            writer.writerow([name, name, DFEW_CLASSES[i % len(DFEW_CLASSES)], 0, 120, "", i % 5 + 1, "True"])
+    config = {
+        "experiment": "ferseq-dag-benchmark-dfew",
+        "data": {"videos": "videos", "annotations": "annotations.csv", "min_segment_frames": 1},
+        "classes": {"names": DFEW_CLASSES},
+        "split": {"scheme": "predefined", "unit": "subject", "val_fraction": 0.1},
+        "windows": {"length": 16, "sampling": "uniform"},
+        "frame_model": {"pretrained": False},
+    }
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--videos", type=int, default=16000)
+    parser.add_argument("--videos", type=int, help="videos of the synthetic table (default 16000; dfew: 16372)")
     parser.add_argument("--folds", type=int, default=10)
+    parser.add_argument("--protocol", choices=["kfold", "dfew"], default="kfold",
+                        help="kfold (the default): split.scheme kfold with --folds; dfew: DFEW's predefined 5 folds")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--skip-noop", action="store_true", help="leave out the no-op runs on the demo")
     parser.add_argument("--skip-synthetic", action="store_true", help="leave out the synthetic DAG")
@@ -110,14 +143,17 @@ def main() -> None:
               + (f", snakemake --cores 2 {real:.2f} s" if real is not None else "") + f" (median of {args.repeat})")
     if args.skip_synthetic:
         return
+    dfew = args.protocol == "dfew"
+    videos = args.videos or (DFEW_CLIPS if dfew else 16000)
     with tempfile.TemporaryDirectory(prefix="ferseq-dag-") as tmp:
         folder = Path(tmp)
-        config = synthetic(folder, args.videos, args.folds)
+        config = synthetic_dfew(folder, videos) if dfew else synthetic(folder, videos, args.folds)
         command = [str(SNAKEMAKE), "--snakefile", str(REPO / "Snakefile"), "--directory", str(folder),
                    "--configfile", str(config), "-n", "--quiet", "rules"]
         seconds, output = timed(command, folder)
     jobs = planned_jobs(output)
-    print(f"synthetic table: {args.videos} videos, {args.folds} folds, reference grid: {jobs} jobs planned; "
+    what = "DFEW-sized predefined protocol, 5 folds from the table" if dfew else f"{args.folds} folds"
+    print(f"synthetic table: {videos} videos, {what}, reference grid: {jobs} jobs planned; "
           f"snakemake -n {seconds:.1f} s ({1000 * seconds / jobs:.2f} ms per job)" if jobs else
           f"synthetic table: snakemake -n {seconds:.1f} s (job count not found in its output)")
     print(f"{seconds:.1f}")

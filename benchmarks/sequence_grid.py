@@ -136,7 +136,7 @@ def demo_jobs(results: Path) -> pd.DataFrame:
     rows = []
     for tsv in sorted((results / "benchmarks/folds/0/sequence_model").glob("*/h*.tsv")):
         models = list((results / "folds/0/sequence_model" / tsv.parent.name).glob(f"*_{tsv.stem}_*.pt"))
-        histories = [torch.load(m, map_location="cpu", weights_only=False)["history"] for m in models]
+        histories = [torch.load(m, map_location="cpu", weights_only=True)["history"] for m in models]
         rows.append({"job": f"{tsv.parent.name}/{tsv.stem}", "points": len(models),
                      "job_s": float(pd.read_csv(tsv, sep="\t")["s"].iloc[0]),
                      "train_s": max(sum(epoch["seconds"] for epoch in history) for history in histories)})

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -21,6 +24,23 @@ CLASSES = {"names": ["neutral", "happy", "sad", "pensive"], "map": {}}
 @pytest.fixture
 def demo_annotations():
     return DEMO / "annotations.csv"
+
+
+@contextmanager
+def ferseq_log() -> Iterator[list[str]]:
+    """The messages the ``ferseq`` loggers emit while the block runs (whatever handlers an earlier logs.setup left)."""
+    messages: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger = logging.getLogger("ferseq")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def run_snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -56,6 +76,17 @@ SMALL = {
     "sequence_model": {"architectures": ["lstm", "bilstm"], "lr": [0.01], "hidden": [16], "dropout": [0.5],
                        "epochs": 30, "patience": 5},
 }
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` on loopback with a database backend (tests/mlflow_server.py), shared by the tests
+    that log to one; a test that kills it starts it again before it ends."""
+    from mlflow_server import MlflowServer
+
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow_server")).start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

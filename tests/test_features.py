@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from conftest import CLASSES
+from conftest import CLASSES, ferseq_log
 from ferseq import crops, features, frame_model, landmark_features, windows
 from ferseq.errors import FerseqError
 from test_frame_model import demo_faces, make_config
@@ -155,3 +155,26 @@ def test_one_job_per_fold_writes_every_video_and_one_mlflow_run(demo, trained, t
     assert run.data.metrics["videos"] == 3 and run.data.metrics["frames_per_second"] > 0
     assert list(pd.read_csv(tmp_path / "features" / "stats.csv")["video_id"]) == list(faces)
     assert "features_stats.csv" in {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
+
+
+def test_a_fold_job_that_fails_keeps_its_finished_videos_for_the_next_attempt(demo, trained, tmp_path):
+    model_path, config = trained
+    config = {**config, "experiment": "features-partial", "mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"}}
+    broken = tmp_path / "woman.parquet"
+    broken.write_bytes(b"PAR1 not a parquet file")  # the last video's faces file is damaged
+    faces = {"man1": demo.faces["man1"], "man2": demo.faces["man2"], "woman": broken}
+    with pytest.raises(Exception):
+        features.extract_fold(model_path, faces, demo.segments, tmp_path / "features", config, fold=0)
+    assert not (tmp_path / "features").exists()
+    assert len(list((tmp_path / ".features.partial").glob("*.parquet"))) == 2
+
+    with ferseq_log() as messages:
+        features.extract_fold(model_path, {**faces, "woman": demo.faces["woman"]}, demo.segments,
+                              tmp_path / "features", config, fold=0)
+    assert f"fold 0 features: 2 of 3 videos kept from an earlier attempt in {tmp_path / '.features.partial'}" in messages
+    assert [m for m in messages if "videos done" in m] == ["fold 0 features: 3/3 videos done"]
+    assert not (tmp_path / ".features.partial").exists()
+    for video in ("man1", "woman"):  # a kept file and a new one: what an extraction in one go writes
+        single = tmp_path / f"{video}.single.parquet"
+        features.extract_features(model_path, demo.faces[video], demo.segments, single, config, fold=0, video_id=video)
+        assert pq.read_table(single).equals(pq.read_table(tmp_path / "features" / f"{video}.parquet"))

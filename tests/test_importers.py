@@ -22,8 +22,8 @@ import pytest
 import yaml
 
 from conftest import DEMO, REPO, SCHEMAS, run_snakemake
-from ferseq import annotations, cli, config, importers
-from ferseq.importers import ckplus, cremad, folders, ravdess
+from ferseq import annotations, cli, config, importers, splits
+from ferseq.importers import ckplus, cremad, dfew, ferv39k, folders, mafw, ravdess
 
 MAN = DEMO / "videos" / "man_neutral_to_happy.mp4"  # 72 frames, 640x360
 WOMAN = DEMO / "videos" / "woman_sad_to_happy.mp4"  # 472 frames
@@ -92,10 +92,10 @@ def _file(path: Path, data: bytes | str | Path) -> Path:
     return path
 
 
-def _table(path: Path) -> list[tuple]:
-    """The CSV as the data stage reads it (all text), one tuple per row."""
+def _table(path: Path, extra: tuple[str, ...] = ()) -> list[tuple]:
+    """The CSV as the data stage reads it (all text), one tuple per row; ``extra``: the columns after COLUMNS."""
     table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    assert list(table.columns) == importers.COLUMNS
+    assert list(table.columns) == importers.COLUMNS + list(extra)
     return [tuple(row) for row in table.itertuples(index=False)]
 
 
@@ -255,7 +255,7 @@ def test_ravdess(tmp_path, capsys, ravdess_root):
 
 def test_ravdess_mapping_covers_every_code():
     assert sorted(ravdess.LABELS) == [f"{i:02d}" for i in range(1, 9)]
-    for module in (ckplus, ravdess, cremad, folders):
+    for module in (ckplus, ravdess, cremad, folders, dfew, mafw, ferv39k):
         assert set(module.LABELS.values()) <= set(importers.EMOTIONS), module.FORMAT
     assert ravdess.sex(1) == "male" and ravdess.sex(24) == "female"
 
@@ -400,6 +400,185 @@ def test_clips_sharing_an_output_name_are_both_skipped(tmp_path, capsys):
     assert "would share the output name 'Happy/x'" in _skipped(out)["Happy/x.avi"]
 
 
+# --------------------------------------------------------------------------- benchmarks: DFEW, MAFW, FERV39k
+
+
+def _split_files(root: Path, name, folds: dict[int, list[str]], clips: dict[str, str], line) -> None:
+    """A release's split files: fold k's test part is ``folds[k]``, its train part every other clip.
+    ``name(split, fold)`` is the file, ``line(clip, label)`` a line of it."""
+    for fold, tested in folds.items():
+        for split in ("train", "test"):
+            names = tested if split == "test" else [c for c in clips if c not in tested]
+            _file(root / name(split, fold), "".join(line(c, clips[c]) for c in names))
+
+
+@pytest.fixture
+def dfew_root(tmp_path, frames) -> Path:
+    root = tmp_path / "DFEW"
+    clips = root / "Clip" / "jpg_256"
+    for number, n in (("00001", 8), ("00002", 6), ("00004", 5), ("00005", 4), ("00007", 3)):
+        _sequence(clips / number, frames, n, lambda i: f"{i:05d}.png")
+    _file(clips / "00003.mp4", MAN)  # a clip as a short video
+    _file(clips / "notes.txt", "x")
+    _file(root / "Clip" / "original" / "00001.mp4", MAN)  # another copy of the clips: not the one read
+    _file(root / "readme.txt", "DFEW")
+    labels = {"00001": "1", "00002": "2", "00003": "4", "00004": "6", "00005": "7", "00006": "3"}  # 00006: not on disk
+    folds = {1: ["00001", "00006"], 2: ["00002"], 3: ["00003"], 4: ["00004"], 5: ["00005"]}
+    for fold, tested in folds.items():
+        for split in ("train", "test"):
+            names = tested if split == "test" else [c for c in labels if c not in tested]
+            # fold 2's train file writes the clip numbers without their zeros, as a spreadsheet saves them
+            lines = "".join(f"{int(c) if (fold, split) == (2, 'train') else c},{labels[c]}\n" for c in names)
+            _file(root / dfew.split_file(split, fold), "video_name,label\n" + lines)
+    return root
+
+
+def test_dfew(tmp_path, capsys, dfew_root):
+    out = tmp_path / "annotations.csv"
+    code, err = _run(capsys, "import", "dfew", str(dfew_root), "-o", str(out))
+    assert code == 0, err
+    assert _table(out, ("folds", "identity_leak")) == [
+        ("Clip/jpg_256/00001", "00001", "happy", "0", "8", "", "1", "True"),
+        ("Clip/jpg_256/00002", "00002", "sad", "0", "6", "", "2", "True"),
+        ("Clip/jpg_256/00003.mp4", "00003", "anger", "0", "72", "", "3", "True"),
+        ("Clip/jpg_256/00004", "00004", "disgust", "0", "5", "", "4", "True"),
+        ("Clip/jpg_256/00005", "00005", "fear", "0", "4", "", "5", "True"),
+    ]
+    assert _skipped(out) == {
+        "Clip/jpg_256/00006": "named in EmoLabel_DataSplit/test(single-labeled)/set_1.csv, line 3 but not on disk "
+                              "(no frame folder or video file 00006 in Clip/jpg_256/)",
+        "Clip/jpg_256/00007": "a clip that no split file of the protocol names "
+                              "(EmoLabel_DataSplit/*(single-labeled)/set_1..5.csv)",
+        "Clip/jpg_256/notes.txt": "neither a frame folder nor a video file (" + " ".join(importers.base.VIDEO_SUFFIXES) + ")",
+        "Clip/original": "not part of DFEW's single-labelled protocol (EmoLabel_DataSplit/*/set_1..5.csv, Clip/jpg_256/)",
+        "readme.txt": "not part of DFEW's single-labelled protocol (EmoLabel_DataSplit/*/set_1..5.csv, Clip/jpg_256/)",
+    }
+    assert "each clip is its own subject (identity_leak true in the table)" in err
+    assert "fold 1: 4 train and 1 test clip(s)" in err and "fold 5: 4 train and 1 test clip(s)" in err
+    # The data stage keeps each clip's test fold; the predefined splits test exactly those clips per fold.
+    segments = _accepted(out, dfew_root, list(dfew.LABELS.values()))
+    assert segments["test_folds"].tolist() == ["1", "2", "3", "4", "5"] and segments["identity_leak"].all()
+    given, source = splits.protocol(segments)
+    assert source == "column folds"
+    assert given[given["split"] == "test"].groupby("fold")["segment_id"].apply(list).to_dict() == \
+        {1: [1], 2: [2], 3: [3], 4: [4], 5: [5]}
+    # --clips reads another clip folder of the release; the clips missing there are listed.
+    code, err = _run(capsys, "import", "dfew", str(dfew_root), "-o", str(tmp_path / "orig.csv"), "--clips", "Clip/original")
+    assert code == 0, err
+    assert [row[0] for row in _table(tmp_path / "orig.csv", ("folds", "identity_leak"))] == ["Clip/original/00001.mp4"]
+    assert "5 clip(s) named in the split files are not in Clip/original/" in err
+    code, err = _run(capsys, "import", "dfew", str(dfew_root), "-o", str(tmp_path / "none.csv"), "--clips", "Clip/none")
+    assert code == 2 and "--clips Clip/none: no such folder below" in err
+    # One clip per class: fold 1's only happy clip is its test clip, so its train part lacks happy.
+    with pytest.raises(splits.SplitError, match=r"fold 1: class\(es\) [\w, ]*happy[\w, ]* have no segment in its train"):
+        splits.predefined(segments, given, "subject", 0.25, seed=1)
+
+
+def test_dfew_malformed_split_files_are_named_by_file_and_line(tmp_path, capsys, dfew_root):
+    splits_dir = dfew_root / "EmoLabel_DataSplit"
+    (splits_dir / "test(single-labeled)" / "set_3.csv").write_text("video_name,label\n00003,0\nclip9,4\n00003,4,x\n")
+    (splits_dir / "test(single-labeled)" / "set_4.csv").write_text("00004,6\n")  # no header
+    (splits_dir / "test(single-labeled)" / "set_5.csv").write_text("video_name,label\n00005,7\n00002,2\n")
+    (splits_dir / "test(single-labeled)" / "set_1.csv").write_text("video_name,label\n00001,1\n")
+    with open(splits_dir / "train(single-labeled)" / "set_1.csv", "a") as handle:  # 00006 now trains in every fold
+        handle.write("00006,3\n")
+    out = tmp_path / "annotations.csv"
+    code, err = _run(capsys, "import", "dfew", str(dfew_root), "-o", str(out))
+    assert code == 2 and "Traceback" not in err
+    test = "EmoLabel_DataSplit/test(single-labeled)"
+    for problem in (
+        f"{test}/set_3.csv, line 2: label '0' is not a DFEW label code 1-7 (a copy whose labels count from 0?)",
+        f"{test}/set_3.csv, line 3: video_name 'clip9' is not a DFEW clip number",
+        f"{test}/set_3.csv, line 4: 3 field(s), expected video_name,label",
+        f"{test}/set_4.csv, line 1: the first line must be the header video_name,label",
+        f"{test}/set_5.csv, line 3: clip 00002 is in the test part of fold 5 here and in its train part at "
+        "EmoLabel_DataSplit/train(single-labeled)/set_5.csv, line 3: a clip is in one part of a fold",
+        "clip 00003 is in no part of fold(s) 3: each fold's train and test files together name every clip",
+        "clip 00004 is in no part of fold(s) 4",
+        "clip 00006 is a test clip in none of the 5 folds: the test files of a cross-validation cover every clip",
+    ):
+        assert problem in err, problem
+    assert not out.exists() and not importers.skipped_path(out).exists()
+
+
+def test_mafw(tmp_path, capsys, frames):
+    root = tmp_path / "MAFW"
+    for name, n in (("00025", 6), ("00031", 5), ("00040", 4), ("00108", 7)):
+        _sequence(root / "data" / "frames" / name, frames, n)
+    _file(root / "data" / "clips" / "00025.mp4", MAN)  # the release's videos beside the frames: not read
+    _file(root / "split" / "single" / "with_caption" / "set_1" / "train.txt", "x")
+    labels = {"00025.mp4": "anger", "00031.mp4": "happiness", "00040.mp4": "helplessness", "00108.mp4": "sadness",
+              "00200.mp4": "neutral"}  # 00200: not on disk
+    _split_files(root, mafw.split_file, {1: ["00025.mp4", "00200.mp4"], 2: ["00031.mp4"], 3: ["00040.mp4"],
+                                         4: ["00108.mp4"], 5: ["00025.mp4"]}, labels, lambda c, l: f"{c} {l}\n")
+    out = tmp_path / "annotations.csv"
+    code, err = _run(capsys, "import", "mafw", str(root), "-o", str(out))
+    assert code == 0, err
+    assert _table(out, ("folds", "identity_leak")) == [  # 00025 is tested in two folds
+        ("data/frames/00025", "00025", "anger", "0", "6", "", "1;5", "True"),
+        ("data/frames/00031", "00031", "happy", "0", "5", "", "2", "True"),
+        ("data/frames/00040", "00040", "helplessness", "0", "4", "", "3", "True"),
+        ("data/frames/00108", "00108", "sad", "0", "7", "", "4", "True"),
+    ]
+    assert _skipped(out) == {
+        "data/clips": "not part of MAFW's single-expression protocol (split/single/no_caption/set_1..5/, data/frames/)",
+        "data/frames/00200": "named in split/single/no_caption/set_1/test.txt, line 2 but not on disk (no frame folder "
+                             "or video file 00200 in data/frames/)",
+        "split/single/with_caption": "not part of MAFW's single-expression protocol "
+                                     "(split/single/no_caption/set_1..5/, data/frames/)",
+    }
+    assert "fold 1: 3 train and 1 test clip(s)" in err and "identity_leak true" in err
+    segments = _accepted(out, root, ["anger", "happy", "helplessness", "sad"])
+    assert segments["test_folds"].tolist() == ["1;5", "2", "3", "4"]
+
+    (root / mafw.split_file("test", 2)).write_text("00031.mp4 joy\n00040.mp4\n")
+    code, err = _run(capsys, "import", "mafw", str(root), "-o", str(tmp_path / "bad.csv"))
+    assert code == 2 and not (tmp_path / "bad.csv").exists()
+    assert "split/single/no_caption/set_2/test.txt, line 1: label 'joy' is not a MAFW single-expression label" in err
+    assert "split/single/no_caption/set_2/test.txt, line 2: 1 field(s), expected a clip and its label" in err
+
+
+def test_ferv39k(tmp_path, capsys, frames):
+    root = tmp_path / "FERV39k"
+    clips = root / "2_ClipsforFaceCrop"
+    _sequence(clips / "Action" / "Happy" / "0000", frames, 9)
+    _sequence(clips / "Action" / "Sad" / "0001", frames, 5)
+    _file(clips / "Argue" / "Angry" / "0003.mp4", MAN)
+    _sequence(clips / "Argue" / "Fear" / "0002", frames, 3)  # on disk, in no split file
+    setup = root / "4_setups" / "All_scenes"
+    _file(setup / "train_All.csv", "Action/Happy/0000 Happy\nArgue/Angry/0003 Angry\nWar/Sad/0009 Sad\n")
+    _file(setup / "test_All.csv", "Action/Sad/0001 Sad\n")
+    _file(root / "4_setups" / "Action" / "train_Action.csv", "Action/Happy/0000 Happy\n")  # a per-scene setup
+    out = tmp_path / "annotations.csv"
+    code, err = _run(capsys, "import", "ferv39k", str(root), "-o", str(out))
+    assert code == 0, err
+    assert _table(out, ("split", "identity_leak")) == [
+        ("2_ClipsforFaceCrop/Action/Happy/0000", "Action/Happy/0000", "happy", "0", "9", "Action", "train", "True"),
+        ("2_ClipsforFaceCrop/Action/Sad/0001", "Action/Sad/0001", "sad", "0", "5", "Action", "test", "True"),
+        ("2_ClipsforFaceCrop/Argue/Angry/0003.mp4", "Argue/Angry/0003", "anger", "0", "72", "Argue", "train", "True"),
+    ]
+    assert _skipped(out) == {
+        "2_ClipsforFaceCrop/Argue/Fear/0002": "a clip that no split file of the protocol names "
+                                              "(4_setups/All_scenes/train_All.csv, 4_setups/All_scenes/test_All.csv)",
+        "2_ClipsforFaceCrop/War/Sad/0009": "named in 4_setups/All_scenes/train_All.csv, line 3 but not on disk (no "
+                                           "frame folder or video file War/Sad/0009 in 2_ClipsforFaceCrop/)",
+        "4_setups/Action": "not part of FERV39k's protocol (4_setups/All_scenes/{train,test}_All.csv, "
+                           "2_ClipsforFaceCrop/)",
+    }
+    assert "one train/test split: 2 train and 1 test clip(s)" in err
+    segments = _accepted(out, root, ["anger", "happy", "sad"])
+    assert segments["protocol_split"].tolist() == ["train", "test", "train"]
+    assert splits.protocol(segments)[1] == "column split"
+
+    _file(setup / "test_All.csv", "Action/Sad/0001 Happy\nAction/Happy/0000 Happy\nAction/Sad/0001,Sad,x\n")
+    code, err = _run(capsys, "import", "ferv39k", str(root), "-o", str(tmp_path / "bad.csv"))
+    assert code == 2 and not (tmp_path / "bad.csv").exists()
+    assert "4_setups/All_scenes/test_All.csv, line 1: label Happy is not the label folder of its clip Action/Sad/0001" in err
+    assert ("4_setups/All_scenes/test_All.csv, line 2: clip Action/Happy/0000 is in the test part of fold 0 here and "
+            "in its train part at 4_setups/All_scenes/train_All.csv, line 1") in err
+    assert "4_setups/All_scenes/test_All.csv, line 3: 3 field(s)" in err
+
+
 # --------------------------------------------------------------------------- errors, CLI, config
 
 
@@ -447,7 +626,10 @@ def test_console_script_and_module(tmp_path, ravdess_root):
     assert done.returncode == 2 and "has no VideoFlash/ folder" in done.stderr and "Traceback" not in done.stderr
 
 
-@pytest.mark.parametrize("name", ["ckplus", "ravdess", "cremad", "folders"])
+BENCHMARKS = ("dfew", "mafw", "ferv39k")
+
+
+@pytest.mark.parametrize("name", ["ckplus", "ravdess", "cremad", "folders", *BENCHMARKS])
 def test_example_configs_validate(tmp_path, name):
     from snakemake.utils import validate
 
@@ -458,8 +640,12 @@ def test_example_configs_validate(tmp_path, name):
     labels = set(importers.FORMATS[name].LABELS.values()) - ({"neutral"} if name == "ckplus" else set())
     kept = set(example["classes"]["names"]) | set(example["classes"]["map"])
     assert labels <= kept or name == "folders", labels - kept
-    assert (example["split"].get("scheme"), example["split"].get("k")) == (("kfold", 10) if name == "ckplus" else ("holdout", None))
+    expected = {"ckplus": ("kfold", 10), **{b: ("predefined", None) for b in BENCHMARKS}}.get(name, ("holdout", None))
+    assert (example["split"].get("scheme"), example["split"].get("k")) == expected
     assert example["split"]["unit"] == "subject"
+    if name in BENCHMARKS:  # the literature's protocol: official folds, 16 frames over each whole clip, every clip
+        assert example["windows"] == {"length": 16, "sampling": "uniform"} and example["data"]["min_segment_frames"] == 1
+        assert 0 < example["split"]["val_fraction"] < 1
     # The cross-key checks pass once the dataset folder and the imported table exist.
     filled = copy.deepcopy(example)
     validate(filled, str(SCHEMAS / "config.schema.yaml"), set_default=True)
@@ -468,7 +654,7 @@ def test_example_configs_validate(tmp_path, name):
     config.check(filled)
 
 
-@pytest.mark.parametrize("name", ["ckplus", "folders"])
+@pytest.mark.parametrize("name", ["ckplus", "folders", "dfew"])
 def test_example_configs_plan_the_workflow(tmp_path, name):
     """Once the schema has data.import and the Snakefile includes the rule: the example plans import -> data -> faces."""
     example = yaml.safe_load((EXAMPLES / f"{name}.yaml").read_text())

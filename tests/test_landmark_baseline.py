@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 
 import mlflow
@@ -89,7 +90,7 @@ def test_baseline_learns_the_demo_faces_and_chooses_c_on_val(demo, tmp_path):
     config = {"experiment": "baseline-test", "seed": 0, "classes": {"names": CLASSES},
               "mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"}}
     metrics = landmark_baseline.train_fold(demo.faces, demo.segments, demo.splits, 0, config,
-                                           tmp_path / "model.pkl", tmp_path / "metrics.json")
+                                           tmp_path / "model.json", tmp_path / "metrics.json")
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["C"] == metrics["C"] in landmark_baseline.C_GRID
     grid = pd.DataFrame(saved["grid"])
@@ -97,12 +98,13 @@ def test_baseline_learns_the_demo_faces_and_chooses_c_on_val(demo, tmp_path):
     best = grid["val_macro_f1"].max()
     assert saved["val_macro_f1"] == pytest.approx(best)
     assert saved["C"] == grid.loc[np.isclose(grid["val_macro_f1"], best), "C"].min()  # ties: the smaller C
-    model, classes = landmark_baseline.load(tmp_path / "model.pkl")
-    assert classes == CLASSES
+    model, classes = landmark_baseline.load(tmp_path / "model.json")
+    assert classes == CLASSES and model.C == saved["C"]
     data = landmark_baseline.fold_landmarks(demo.faces, demo.segments, demo.splits, 0, CLASSES)
     train_x, train_y = data["train"]
     # Fits its own train frames far above chance (4 classes).
-    assert np.mean(model.predict(train_x) == train_y) > 0.8
+    probs = landmark_baseline.predict_proba(model, train_x, len(CLASSES))
+    assert np.mean(probs.argmax(axis=1) == train_y) > 0.8
     probs = landmark_baseline.predict_proba(model, train_x.reshape(-1, 4, 136)[:3], len(CLASSES))
     assert probs.shape == (3, 4, 4) and np.allclose(probs.sum(axis=-1), 1, atol=1e-5)
     (run,) = mlflow.search_runs(experiment_names=["baseline-test"], output_format="list")
@@ -125,5 +127,44 @@ def test_no_val_frames_is_an_error_naming_the_fold(demo, tmp_path):
     config = {"experiment": "x", "seed": 0, "classes": {"names": CLASSES},
               "mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"}}
     with pytest.raises(FerseqError, match="fold 0: the landmark baseline needs train and val face frames"):
-        landmark_baseline.train_fold(demo.faces, segments, splits, 0, config, tmp_path / "m.pkl", tmp_path / "m.json")
-    assert not (tmp_path / "m.pkl").exists() and not (tmp_path / "m.json").exists()
+        landmark_baseline.train_fold(demo.faces, segments, splits, 0, config, tmp_path / "m.json",
+                                     tmp_path / "metrics.json")
+    assert not (tmp_path / "m.json").exists() and not (tmp_path / "metrics.json").exists()
+
+
+def test_saved_arrays_give_scikit_learns_probabilities_on_the_test_frames(demo, tmp_path):
+    data = landmark_baseline.fold_landmarks(demo.faces, demo.segments, demo.splits, 0, CLASSES)
+    pipeline, _ = landmark_baseline.fit(data["train"], data["val"])
+    landmark_baseline.save(tmp_path / "model.json", pipeline, CLASSES)
+    text = (tmp_path / "model.json").read_text()
+    assert json.loads(text)["classes"] == CLASSES and "sklearn" not in text  # arrays and names, no objects
+    model, classes = landmark_baseline.load(tmp_path / "model.json")
+    # The demo's test frames: fold_landmarks of the same table with test and val swapped.
+    table = demo.table.replace({"split": {"test": "val", "val": "test"}})
+    test_x, test_y = landmark_baseline.fold_landmarks(demo.faces, *demo.write_tables(tmp_path / "t", table), 0,
+                                                      CLASSES)["val"]
+    assert len(test_y) > 10 and set(test_y.tolist()) == {0, 1}  # neutral and happy frames of segments 10 and 12
+    expected = pipeline.predict_proba(test_x).astype(np.float32)
+    probs = landmark_baseline.predict_proba(model, test_x, len(CLASSES))
+    assert np.array_equal(probs[:, pipeline.classes_], expected)
+    assert np.array_equal(probs.argmax(axis=1), pipeline.predict(test_x))
+
+
+class WouldRun:
+    """A pickled object that would create ``marker`` when unpickled: what a hostile model file carries."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_pickled_baseline_is_refused_unread(tmp_path):
+    (tmp_path / "model.pkl").write_bytes(pickle.dumps({"model": WouldRun(tmp_path / "ran"), "classes": CLASSES}))
+    with pytest.raises(landmark_baseline.ModelFileError, match="model.pkl: a pickled landmark baseline"):
+        landmark_baseline.load(tmp_path / "model.pkl")
+    assert not (tmp_path / "ran").exists()
+    (tmp_path / "other.json").write_text('{"format": "something else"}')
+    with pytest.raises(landmark_baseline.ModelFileError, match="other.json: not a ferseq landmark baseline"):
+        landmark_baseline.load(tmp_path / "other.json")

@@ -1,11 +1,16 @@
-"""`ferseq predict` and `ferseq export` on a finished demo run: the same numbers as the workflow, real files out."""
+"""`ferseq predict` and `ferseq export` on a finished demo run: the same numbers as the workflow, real files out;
+a bundle proves what it is (manifest, checksums, model card) and never runs code from its files."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import pickle
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,9 +18,33 @@ import pytest
 import torch
 
 from conftest import DEMO, FIXTURES
-from ferseq import predict, search, windows
+from ferseq import manifest, predict, search, windows
+from ferseq.model_files import ModelFileError
 
 WOMAN = DEMO / "videos" / "woman_sad_to_happy.mp4"
+
+
+@pytest.fixture(scope="module")
+def exported(demo_run, tmp_path_factory):
+    """A bundle of the demo run (copy it before changing it)."""
+    return predict.export(demo_run / "results", tmp_path_factory.mktemp("exported") / "bundle")
+
+
+class WouldRun:
+    """A pickled object whose unpickling would create ``marker``: the payload of a hostile model file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def rehash(bundle, name):
+    """Give ``name`` its new SHA-256 in the manifest, as someone who forges a bundle would."""
+    info = json.loads((bundle / "manifest.json").read_text())
+    info["files"][name] = hashlib.sha256((bundle / name).read_bytes()).hexdigest()
+    (bundle / "manifest.json").write_text(json.dumps(info))
 
 
 @pytest.fixture(scope="module")
@@ -89,13 +118,9 @@ def test_segments_drop_short_runs_and_join_what_they_separated():
     assert predict.segments_of(labels, ["a", "b", "c"], 1) == [("a", 2, 6), ("b", 6, 7), ("a", 7, 10), ("c", 10, 15)]
 
 
-def test_an_exported_bundle_predicts_the_same_elsewhere(demo_run, predicted, tmp_path):
-    bundle = predict.export(demo_run / "results", tmp_path / "bundle")
-    info = json.loads((bundle / "bundle.json").read_text())
-    assert info["classes"] == ["neutral", "happy", "sad", "pensive"] and info["window_length"] == 16
-    assert info["faces"]["detector"] == "hog" and info["config_hash"]
+def test_an_exported_bundle_predicts_the_same_elsewhere(demo_run, predicted, exported, tmp_path):
     moved = tmp_path / "elsewhere"
-    shutil.move(bundle, moved)  # self-contained: nothing points back into the run
+    shutil.copytree(exported, moved)  # self-contained: nothing points back into the run
     results, failed = predict.predict_many([WOMAN], moved, tmp_path / "out", num_workers=0)
     assert not failed
     again = pd.read_parquet(tmp_path / "out/woman_sad_to_happy.parquet")
@@ -105,6 +130,113 @@ def test_an_exported_bundle_predicts_the_same_elsewhere(demo_run, predicted, tmp
     assert again["cnn_lstm_label"].equals(first["cnn_lstm_label"])
     with pytest.raises(predict.FerseqError, match="exists"):
         predict.export(demo_run / "results", moved)
+
+
+def test_the_manifest_and_model_card_say_what_the_bundle_is(demo_run, exported):
+    info = json.loads((exported / "manifest.json").read_text())
+    assert info["format_version"] == manifest.FORMAT_VERSION and info["ferseq_version"] and info["created"]
+    assert info["classes"] == ["neutral", "happy", "sad", "pensive"] and info["window_length"] == 16
+    assert info["features"] == "embedding" and info["fold"] == 0 and info["faces"]["detector"] == "hog"
+    # Every file but the manifest, with its SHA-256.
+    files = {p.name for p in exported.iterdir()} - {"manifest.json"}
+    assert files == set(info["files"]) == {"frame_model.pt", "sequence_model.pt", "landmark_baseline.json",
+                                          "MODEL_CARD.md"}
+    assert all(hashlib.sha256((exported / n).read_bytes()).hexdigest() == h for n, h in info["files"].items())
+    # The config the grid point was trained with, and its hash.
+    best = json.loads((demo_run / "results/folds/0/sequence_model/best.json").read_text())
+    _, checkpoint = search.load_model(demo_run / best["model"])
+    assert info["config"] == checkpoint["config"] and info["config"]["frame_model"]["pretrained"] is False
+    assert info["config_hash"] == checkpoint["config_hash"]
+    assert info["models"]["sequence_model"]["arch"] == best["arch"]
+    assert info["models"]["sequence_model"]["val_macro_f1"] == best["val_macro_f1"]
+    # The train/val/test summary is the fold's split table's.
+    splits = pd.read_parquet(demo_run / "results/data/splits.parquet").merge(
+        pd.read_parquet(demo_run / "results/data/segments.parquet", columns=["segment_id", "frames"]))
+    for split, rows in splits[splits["fold"] == 0].groupby("split"):
+        assert info["data"][split]["segments"] == rows.groupby("label").size().to_dict()
+        assert info["data"][split]["frames"] == rows.groupby("label")["frames"].sum().to_dict()
+        assert info["data"][split]["subjects"] == rows["subject"].nunique()
+    card = (exported / "MODEL_CARD.md").read_text()
+    for text in ("neutral, happy, sad, pensive", "16-frame windows", "Identity leak", "From-scratch CNN",
+                 "`detector`: hog", "| happy |", info["config_hash"]):
+        assert text in card, text
+    # The run's evaluation: segment-level scores with their intervals (one fold: the fold's own table is the same).
+    assert {(r["method"], r["metric"]) for r in info["scores"]["run"]} >= {("cnn_lstm", "uar"), ("per_frame", "war")}
+    assert info["scores"]["fold"] and "95% intervals" in card and "| CNN-LSTM | " in card
+
+
+def test_a_checkpoint_carrying_code_is_refused_and_never_run(exported, tmp_path):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(exported, bundle)
+    checkpoint = torch.load(bundle / "sequence_model.pt", weights_only=True)
+    torch.save({**checkpoint, "extra": WouldRun(tmp_path / "ran")}, bundle / "sequence_model.pt")
+    with pytest.raises(manifest.BundleError, match="sequence_model.pt: changed since export"):
+        predict.load_run(bundle)
+    rehash(bundle, "sequence_model.pt")  # a forged manifest: the file itself is still refused, unread
+    done = subprocess.run([sys.executable, "-m", "ferseq", "predict", str(WOMAN), "--run", str(bundle), "-o",
+                           str(tmp_path / "out")], capture_output=True, text=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "sequence_model.pt: not a sequence model that loads as data only" in done.stderr
+    assert "posix.system" in done.stderr
+    assert not (tmp_path / "ran").exists() and not (tmp_path / "out").exists()
+
+
+def test_a_pickled_landmark_baseline_is_refused_and_never_run(demo_run, exported, tmp_path):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(exported, bundle)
+    payload = pickle.dumps({"model": WouldRun(tmp_path / "ran"), "classes": ["neutral", "happy", "sad", "pensive"]})
+    (bundle / "model.pkl").write_bytes(payload)  # beside the bundle's own files
+    with pytest.raises(manifest.BundleError, match="model.pkl: not part of the bundle as exported"):
+        predict.load_run(bundle)
+    (bundle / "model.pkl").unlink()
+    (bundle / "landmark_baseline.json").write_bytes(payload)  # in place of its own, with a forged checksum
+    rehash(bundle, "landmark_baseline.json")
+    with pytest.raises(ModelFileError, match="landmark_baseline.json: a pickled landmark baseline"):
+        predict.load_run(bundle)
+    # A results folder of an older ferseq, whose baseline is a pickle: export says how to get a bundle.
+    results = tmp_path / "results"
+    shutil.copytree(demo_run / "results/folds", results / "folds")
+    (results / "folds/0/landmark_baseline/model.json").unlink()
+    (results / "folds/0/landmark_baseline/model.pkl").write_bytes(payload)
+    with pytest.raises(ModelFileError, match="model.pkl: a pickled landmark baseline .* rebuild it as .*model.json"):
+        predict.export(results, tmp_path / "new")
+    assert not (tmp_path / "ran").exists() and not (tmp_path / "new").exists()
+
+
+def test_a_changed_byte_a_missing_file_or_a_newer_format_is_refused(exported, tmp_path, caplog):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(exported, bundle)
+    (bundle / "notes.txt").write_text("where this came from\n")  # a document beside the files: only warned about
+    assert predict.load_run(bundle).classes == ["neutral", "happy", "sad", "pensive"]
+    assert "notes.txt: not part of the bundle as exported" in caplog.text
+    with open(bundle / "frame_model.pt", "r+b") as f:
+        f.seek(1000)
+        byte = f.read(1)
+        f.seek(1000)
+        f.write(bytes([byte[0] ^ 1]))
+    (bundle / "landmark_baseline.json").unlink()
+    with pytest.raises(manifest.BundleError) as refused:
+        predict.load_run(bundle)
+    assert "frame_model.pt: changed since export" in str(refused.value)
+    assert "landmark_baseline.json: missing" in str(refused.value) and "sequence_model" not in str(refused.value)
+    info = json.loads((bundle / "manifest.json").read_text())
+    (bundle / "manifest.json").write_text(json.dumps({**info, "format_version": manifest.FORMAT_VERSION + 1}))
+    with pytest.raises(manifest.BundleError, match=f"bundle format {manifest.FORMAT_VERSION + 1}.*upgrade ferseq"):
+        predict.load_run(bundle)
+    (bundle / "manifest.json").rename(bundle / "bundle.json")  # what ferseq wrote before the manifest
+    with pytest.raises(manifest.BundleError, match="older ferseq.*ferseq export --run RESULTS"):
+        predict.load_run(bundle)
+
+
+def test_a_results_folder_is_read_as_data_only(demo_run, tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(demo_run / "results/folds", results / "folds")
+    best = json.loads((results / "folds/0/sequence_model/best.json").read_text())
+    point = results / "folds/0/sequence_model" / Path(best["model"]).parent.name / Path(best["model"]).name
+    torch.save({**torch.load(point, weights_only=True), "extra": WouldRun(tmp_path / "ran")}, point)
+    with pytest.raises(ModelFileError, match=f"{point.name}: not a sequence model that loads as data only"):
+        predict.load_run(results, fold=0)
+    assert not (tmp_path / "ran").exists()
 
 
 def test_a_run_without_a_model_names_what_is_missing(tmp_path, demo_run):

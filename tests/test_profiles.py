@@ -4,12 +4,7 @@ the conda env matches the package, and runs can go to a real `mlflow server`."""
 from __future__ import annotations
 
 import re
-import socket
-import subprocess
-import sys
-import time
 import tomllib
-import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -189,6 +184,11 @@ def test_slurm_plugin_loads_and_turns_rule_resources_into_sbatch_options(slurm_d
     # The CNN jobs ask for the CPUs that feed the GPU: the main process and frame_model.num_workers (2) workers.
     assert "-t 720" in frame_model and "--mem 8000" in frame_model and "--cpus-per-task=3" in frame_model
     assert "--gpus=1" in frame_model
+    # The training jobs ask SLURM for SIGTERM 10 minutes before their time limit (they save and stop on it),
+    # and the profile submits a failed job again, so that the next attempt resumes.
+    assert "--signal=TERM@600" in frame_model and "--signal=TERM@600" in sbatch("sequence_model")
+    assert "--signal" not in sbatch("select_sequence_model")
+    assert yaml.safe_load((SLURM_PROFILE / "config.yaml").read_text())["retries"] >= 2
     # The demo's faces batch (all three videos, 599 frames): its time limit follows the frames it holds.
     (batch,) = faces_batches(write_config(tmp_path / "config.yaml"))
     faces = sbatch(f"faces_{batch.name}")
@@ -218,40 +218,8 @@ def test_slurm_profile_sizes_a_faces_batch_by_its_frames(tmp_path):
     assert runtimes[f"faces_{woman.name}"] > runtimes[f"faces_{man.name}"] and woman.cost == 466 + CLIP_COST
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def mlflow_server(tmp_path):
-    """A real `mlflow server` on loopback with a database backend, as the README starts it on a cluster."""
-    port = free_port()
-    command = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port),
-               "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
-               "--artifacts-destination", str(tmp_path / "server-artifacts")]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{uri}/health", timeout=1)
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"mlflow server did not start (exit {server.poll()})")
-                time.sleep(0.3)
-        yield uri, tmp_path
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        mlflow.set_tracking_uri(None)
-
-
 def test_runs_go_to_a_tracking_server(mlflow_server):
-    uri, folder = mlflow_server
+    uri, folder = mlflow_server.uri, mlflow_server.folder
     cfg = {"experiment": "on-the-cluster", "mlflow": {"tracking_uri": uri, "artifact_location": None}}
     assert not tracking.is_local_store(cfg)
     with tracking.start_run(cfg, "evaluate", fold=1) as run:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 
 import mlflow
 import numpy as np
@@ -10,7 +13,8 @@ import pandas as pd
 import pytest
 import torch
 
-from ferseq import fused_lstm, grid, search, sequence_model, windows
+from conftest import ferseq_log
+from ferseq import fused_lstm, grid, resume, search, sequence_model, tracking, windows
 
 
 def windows_of(n: int, classes: int, rng: np.random.Generator, separable: bool = True, dim: int = 8, length: int = 6):
@@ -110,11 +114,12 @@ def test_grid_point_and_selection_log_to_mlflow(tmp_path):
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent]
     assert len(children) == 2 and all(r.data.tags["stage"] == "sequence_model" for r in children)
     (parent_run,) = [r for r in runs if r.info.run_id == parent]
-    assert parent_run.data.params["best.lr"] == str(best["lr"])
+    # the choice is a tag (a rerun that chooses another point overwrites it), never a param
+    assert parent_run.data.tags["best.lr"] == str(best["lr"]) and "best.lr" not in parent_run.data.params
     # The points trained together, each with its own finished child run and per-epoch metrics.
     client = mlflow.MlflowClient()
     for stem in stems:
-        checkpoint = torch.load(f"{stem}.pt", weights_only=False)
+        checkpoint = torch.load(f"{stem}.pt", weights_only=True)  # data only: tensors and plain values
         run = client.get_run(checkpoint["metrics"]["run_id"])
         assert run.info.status == "FINISHED" and run.data.tags["mlflow.parentRunId"] == parent
         assert run.info.run_name == f"lstm-{stem.name}" and run.data.params["lr"] == str(checkpoint["metrics"]["lr"])
@@ -252,3 +257,102 @@ def test_the_written_out_backward_pass_matches_autograd():
     w_hh = torch.randn(groups, 4 * hidden, hidden, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda g, w: fused_lstm.Recurrence.apply(g, w, True), (gx, w_hh))
     assert torch.autograd.gradcheck(lambda g, w: fused_lstm.Recurrence.apply(g, w, True)[1], (gx, w_hh))
+
+
+@pytest.mark.parametrize("arch, exact", [("lstm2", True), ("bilstm", False)])
+def test_points_resumed_from_a_saved_state_end_as_uninterrupted_ones(arch, exact, tmp_path):
+    """The state saved after the epoch where the first point stops early (its stack is smaller then), through a
+    real file (torch.save, read back as data only), continues to the same histories, best epochs and weights."""
+    rng = np.random.default_rng(8)
+    train_x, train_y = windows_of(60, 3, rng)
+    val_x, val_y = windows_of(30, 3, rng)
+    train_x[:, :, 0] *= 0.5
+    points = [fused_lstm.Point(0.05, 0.0, 7), fused_lstm.Point(0.01, 0.5, 7), fused_lstm.Point(0.003, 0.3, 7)]
+    common = dict(arch=arch, hidden=5, points=points, num_classes=3, epochs=10, patience=2, batch_size=16,
+                  order_seed=7, stack_size=2, exact=exact)
+    store = resume.Store(tmp_path, "key", "test")
+
+    # off the exact path a one-point stack on the CPU draws its dropout from torch's global generator: both
+    # runs start it alike (the saved state holds it)
+    torch.manual_seed(0)
+    whole = fused_lstm.train_points(train_x, train_y, val_x, val_y, **common)
+    first_stop = min(len(r.history) for r in whole)
+    assert first_stop < max(len(r.history) for r in whole)
+
+    def save_and_stop(epoch, snapshot):
+        if epoch == first_stop:
+            store.save({"train": snapshot()})
+            raise resume.Stopped(f"stopped after epoch {epoch}")
+
+    torch.manual_seed(0)
+    with pytest.raises(resume.Stopped):
+        fused_lstm.train_points(train_x, train_y, val_x, val_y, **common, on_epoch_end=save_and_stop)
+    saved = store.load()["train"]
+    assert saved["epoch"] == first_stop and sum(len(stack["index"]) for stack in saved["stacks"]) < len(points)
+    resumed = fused_lstm.train_points(train_x, train_y, val_x, val_y, **common, resume_from=saved)
+    for a, b in zip(whole, resumed):
+        assert a.history == [{**h, "seconds": a.history[i]["seconds"]} for i, h in enumerate(b.history)]
+        assert a.best_epoch == b.best_epoch and a.state_dict.keys() == b.state_dict.keys()
+        assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
+
+
+# A grid job run as the workflow runs it (the windows of two points' job; kill -9 and resume in a new process).
+GRID_JOB = """import json, sys
+from ferseq import logs, search
+args = json.loads(sys.argv[1])
+logs.setup(args.pop("log"))
+search.run_points(**args)
+"""
+
+
+def test_a_killed_grid_job_resumes_its_points_into_their_runs(tmp_path):
+    rng = np.random.default_rng(9)
+    classes = ["happy", "sad"]
+    for split, n in (("train", 400), ("val", 40)):
+        x, y = windows_of(n, 2, rng, dim=16, length=16)
+        table = pd.DataFrame({"window_id": np.arange(n), "segment_id": np.arange(n), "video_id": "v", "subject": "s",
+                              "label": [classes[i] for i in y], "first_frame": 0, "last_frame": 15})
+        windows.write(tmp_path / "w" / f"{split}.parquet", table, {"embedding": x, "probs": np.zeros((n, 16, 2), np.float32)})
+    config = {"experiment": "grid-resume", "seed": 0, "classes": {"names": classes},
+              "mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"},
+              "sequence_model": {"architectures": ["lstm"], "lr": [0.01, 0.003], "hidden": [32], "dropout": [0.3],
+                                 "epochs": 6, "patience": 6, "batch_size": 8, "device": "cpu"}}
+    parent = search.open_search(config, 0, tmp_path / "run_id.txt")
+    points = grid.job_points(config["sequence_model"])
+
+    def args(folder: str) -> dict:
+        stems = [tmp_path / folder / grid.point_name(lr, 32, dropout) for lr, dropout in points]
+        return dict(windows_dir=str(tmp_path / "w"), arch="lstm", hidden=32, points=points, config=config, fold=0,
+                    parent_run_id=parent, out_models=[f"{s}.pt" for s in stems], out_metrics=[f"{s}.json" for s in stems],
+                    resume_dir=str(tmp_path / folder / ".resume"), save_every=0)
+
+    whole = search.run_points(**{**args("whole"), "resume_dir": None})
+    job = subprocess.Popen([sys.executable, "-c", GRID_JOB, json.dumps({**args("killed"), "log": str(tmp_path / "job.log")})],
+                           stderr=subprocess.PIPE, text=True)
+    for line in job.stderr:
+        if "lr0.003_h32_d0.3 epoch 2:" in line:  # the job's last point has finished epoch 2
+            time.sleep(0.05)
+            job.kill()
+            break
+    job.wait()
+    epoch = torch.load(tmp_path / "killed/.resume" / resume.STATE, weights_only=True)["train"]["epoch"]
+    assert job.returncode == -9 and 2 <= epoch < 6
+    client = mlflow.MlflowClient(config["mlflow"]["tracking_uri"])
+    killed = {r.info.run_name: r.info.run_id for r in client.search_runs(
+        [tracking.experiment_id(config)], "attributes.status = 'RUNNING'")}
+    assert set(killed) == {"lstm-lr0.01_h32_d0.3", "lstm-lr0.003_h32_d0.3"}
+
+    with ferseq_log() as messages:
+        resumed = search.run_points(**args("killed"))
+    assert f"lstm h32: resuming at epoch {epoch + 1} from the state saved in {tmp_path / 'killed/.resume'}" in messages
+    for a, b in zip(whole, resumed):
+        assert {k: v for k, v in a.items() if k != "run_id"} == {k: v for k, v in b.items() if k != "run_id"}
+        model_a, _ = search.load_model(tmp_path / "whole" / f"{grid.point_name(a['lr'], 32, a['dropout'])}.pt")
+        model_b, _ = search.load_model(tmp_path / "killed" / f"{grid.point_name(b['lr'], 32, b['dropout'])}.pt")
+        assert all(torch.equal(x, y) for x, y in zip(model_a.state_dict().values(), model_b.state_dict().values()))
+        # the killed attempt's run went on: one run per point, every epoch logged once
+        assert b["run_id"] == killed[f"lstm-{grid.point_name(b['lr'], 32, b['dropout'])}"]
+        run = client.get_run(b["run_id"])
+        assert run.info.status == "FINISHED"
+        assert [m.step for m in client.get_metric_history(b["run_id"], "val_loss")] == list(range(1, b["epochs_run"] + 1))
+    assert not (tmp_path / "killed/.resume").exists()

@@ -7,6 +7,7 @@ import multiprocessing as mp
 import mlflow
 import pytest
 
+from conftest import ferseq_log
 from ferseq import tracking
 
 
@@ -163,3 +164,59 @@ def test_sibling_child_runs_are_open_at_once_and_end_together(tmp_path):
             raise RuntimeError("training diverged")
     assert {client.get_run(r).info.status for r in failed} == {"FAILED"}
     assert client.get_run(orphan).info.status == "KILLED"
+
+
+def test_a_rerun_of_a_step_supersedes_its_earlier_runs_and_logs_anew(tmp_path):
+    """Another config (or input) reruns a step: the new run may log other param values; the earlier run is kept,
+    tagged and among the deleted runs, so the UI lists the current one."""
+    cfg = config(tmp_path)
+    with tracking.start_run(cfg, "evaluate", fold=0, run_name="evaluate-cnn_lstm-fold0") as first:
+        mlflow.log_params({"sequence_model": "lr0.01_h16_d0.5.pt"})
+    with tracking.start_run(cfg, "evaluate", fold=0, run_name="evaluate-cnn_lstm-fold0") as second:
+        mlflow.log_params({"sequence_model": "lr0.003_h16_d0.5.pt"})
+    with tracking.open_run(cfg, "evaluate", fold=0, run_name="evaluate-per_frame-fold0") as other:
+        other.log_params({"method": "per_frame"})
+    (current,) = mlflow.search_runs(experiment_names=["ferseq-test"], output_format="list",
+                                    filter_string="attributes.run_name = 'evaluate-cnn_lstm-fold0'")
+    assert current.info.run_id == second.info.run_id
+    assert current.data.params["sequence_model"] == "lr0.003_h16_d0.5.pt"
+    earlier = mlflow.get_run(first.info.run_id)
+    assert earlier.info.lifecycle_stage == "deleted" and earlier.data.params["sequence_model"] == "lr0.01_h16_d0.5.pt"
+    assert earlier.data.tags[tracking.SUPERSEDED_TAG] == second.info.run_id
+    assert mlflow.get_run(other.run_id).info.lifecycle_stage == "active"  # another step: left alone
+
+
+def test_an_unreachable_store_costs_the_job_nothing_and_sync_delivers_later(tmp_path, monkeypatch):
+    """A tracking server on a port where nothing listens: every call returns at once and the run's end says what
+    was not delivered. A store that cannot be opened (its folder is a file here) is the same; once it can be,
+    `ferseq mlflow sync` sends the journal, in order, and removes it."""
+    from ferseq import cli, mlflow_outbox
+    from mlflow_server import free_port
+
+    monkeypatch.setenv("FERSEQ_MLFLOW_WAIT", "0")
+    nowhere = {"experiment": "away", "mlflow": {"tracking_uri": f"http://127.0.0.1:{free_port()}"}}
+    with ferseq_log() as messages:
+        run = mlflow_outbox.RunLog.create(nowhere, "frame_model", 0, folder=tmp_path / "away")
+        for epoch in range(1, 51):
+            run.log_metrics({"val_loss": 1.0 / epoch}, step=epoch)
+        run.end()
+    assert run.run_id is None and len([m for m in messages if "does not answer" in m]) == 1
+    assert any("not delivered to" in m and "the run itself; 50 metric values (steps 1-50)" in m for m in messages)
+
+    (tmp_path / "store").write_text("not a folder")
+    cfg = {"experiment": "later", "mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/store/mlflow.db"}}
+    folder = tmp_path / "logs/frame_model.mlflow"
+    run = mlflow_outbox.RunLog.create(cfg, "frame_model", 0, folder=folder)
+    run.log_params({"lr": 0.01})
+    for epoch in (1, 2, 3):
+        run.log_metrics({"val_loss": 1.0 / epoch}, step=epoch)
+    assert not run.end()
+    assert cli.main(["mlflow", "sync", str(folder)]) == 1  # still not there: kept
+    (tmp_path / "store").unlink()
+    assert cli.main(["mlflow", "sync", str(tmp_path / "logs")]) == 0
+    assert not list(folder.glob("*.jsonl"))
+    client = mlflow.MlflowClient(cfg["mlflow"]["tracking_uri"])
+    (stored,) = client.search_runs([client.get_experiment_by_name("later").experiment_id])
+    assert stored.info.status == "FINISHED" and stored.data.params["lr"] == "0.01"
+    assert [m.step for m in client.get_metric_history(stored.info.run_id, "val_loss")] == [1, 2, 3]
+    assert mlflow.artifacts.load_dict(f"runs:/{stored.info.run_id}/config.json") == cfg

@@ -129,3 +129,42 @@ def test_reference_overlap_fits_any_class_list():
 def test_unknown_policy_is_an_error():
     with pytest.raises(ValueError, match="missing_face"):
         windows.segment_frames(0, 10, np.arange(10), "interpolate")
+
+
+def test_each_window_knows_its_frames_and_a_short_test_segment_gets_one_padded_window():
+    table, m = windows.cut(*FEATURES, SEGMENTS, 16, {}, pad_short=True)
+    assert table.groupby("segment_id").size().to_dict() == {1: 2, 2: 1, 3: 1}
+    assert table["padded"].tolist() == [False, False, False, True]
+    assert np.array_equal(m["frames"][:3], m["embedding"][:3, :, 0].astype(np.int64))  # embeddings encode frames
+    # Segment 3 (frames 80-89): its 10 frames, then its last frame repeated to fill 16 positions.
+    assert m["frames"][3].tolist() == list(range(80, 90)) + [89] * 6
+    assert m["embedding"][3, :, 0].tolist() == m["frames"][3].tolist()
+    assert table.iloc[3][["first_frame", "last_frame"]].tolist() == [80, 89]
+    # Without pad_short (train and val) the short segment gives none, as in the reference.
+    assert 3 not in windows.cut(*FEATURES, SEGMENTS, 16, {})[0]["segment_id"].tolist()
+
+
+def test_uniform_sampling_spreads_over_the_whole_segment():
+    # Test: one centred window per segment, spread over all of it; the short one repeats frames.
+    table, m = windows.cut(*FEATURES, SEGMENTS, 16, {}, sampling="uniform")
+    assert table["segment_id"].tolist() == [1, 2, 3] and table["padded"].tolist() == [False, False, True]
+    assert m["frames"][0].tolist() == [int((i + 0.5) * 40 / 16) for i in range(16)]  # 1, 3, 6, ... 38
+    assert m["frames"][0, 0] < 40 / 16 and m["frames"][0, -1] >= 40 - 40 / 16  # first and last part both sampled
+    assert m["frames"][1].min() >= 40 and m["frames"][1].max() == 70 and len(set(m["frames"][1])) == 16
+    assert sorted(set(m["frames"][2])) == list(range(80, 90)) and np.all(np.diff(m["frames"][2]) >= 0)
+    assert np.array_equal(m["embedding"][..., 0], m["frames"].astype(np.float32))
+    # Train/val: `draws` jittered windows per segment, each frame in its own part, reproducible from the seed.
+    table, m = windows.cut(*FEATURES, SEGMENTS, 16, {"happy": 0.5}, sampling="uniform", draws=3, seed=7)
+    assert table.groupby("segment_id").size().to_dict() == {1: 3, 2: 3, 3: 3}  # the overlap is consecutive's only
+    # Segment 1 (40 frames): position i is a frame of part i, [2.5 i, 2.5 (i + 1)).
+    low, high = np.floor(np.arange(16) * 2.5), np.arange(1, 17) * 2.5
+    assert ((m["frames"][:3] >= low) & (m["frames"][:3] < high)).all()
+    assert len({tuple(f) for f in m["frames"][:3]}) == 3  # three different draws
+    again = windows.cut(*FEATURES, SEGMENTS, 16, {}, sampling="uniform", draws=3, seed=7)[1]["frames"]
+    other = windows.cut(*FEATURES, SEGMENTS, 16, {}, sampling="uniform", draws=3, seed=8)[1]["frames"]
+    assert np.array_equal(again, m["frames"]) and not np.array_equal(other, m["frames"])
+    # A segment's draws do not depend on the other segments cut with it.
+    alone = windows.cut(*FEATURES, SEGMENTS[SEGMENTS.segment_id == 2], 16, {}, sampling="uniform", draws=3, seed=7)
+    assert np.array_equal(alone[1]["frames"], m["frames"][3:6])
+    with pytest.raises(ValueError, match="windows.sampling"):
+        windows.window_positions(10, 16, "sad", sampling="random")

@@ -44,35 +44,50 @@ def test_demo_dag_from_raw_videos_to_summary_then_nothing_to_do(demo_run, tmp_pa
         assert features["frame"].tolist() == faces.loc[faces["face_found"], "frame"].tolist()
         assert {len(e) for e in features["embedding"]} == {512} and {len(p) for p in features["probs"]} == {4}
 
-    # windows, grid search, evaluation: the three methods on the same test windows.
-    test_windows = pd.read_parquet(results / "folds/0/windows/test.parquet", columns=["window_id", "label"])
+    # windows, grid search, evaluation: every method on the same test items, at their levels and per segment.
+    test_windows = pd.read_parquet(results / "folds/0/windows/test.parquet", columns=["window_id", "segment_id", "padded"])
+    full = test_windows[~test_windows["padded"]]
     best = json.loads((results / "folds/0/sequence_model/best.json").read_text())
     assert best["arch"] in ("lstm", "bilstm") and best["points"] == 2
     methods = ("per_frame", "aggregation", "cnn_lstm", "landmarks", "landmarks_aggregation")
-    tables = {m: pd.read_csv(results / f"folds/0/evaluation/{m}.csv").set_index("class") for m in methods}
+    tables = {m: pd.read_csv(results / f"folds/0/evaluation/{m}.csv").set_index(["level", "class"]) for m in methods}
     for method in ("aggregation", "cnn_lstm", "landmarks_aggregation"):
-        assert tables[method].at["accuracy", "support"] == len(test_windows)
+        assert tables[method].at[("window", "accuracy"), "support"] == len(full)
     # The landmark baseline is scored on exactly the per-frame CNN's test frames, class by class.
-    assert tables["per_frame"].at["accuracy", "support"] == 16 * len(test_windows)
+    assert tables["per_frame"].at[("frame", "accuracy"), "support"] == 16 * len(full)
     assert tables["landmarks"]["support"].tolist() == tables["per_frame"]["support"].tolist()
+    # Segment level: every test segment with a face, for every method (a short one through its padded window).
+    for method in methods:
+        assert tables[method].at[("segment", "accuracy"), "support"] == test_windows["segment_id"].nunique()
+    predicted = pd.read_parquet(results / "folds/0/evaluation/predictions.parquet", columns=["level", "segment_id"])
+    assert set(predicted["segment_id"]) == set(test_windows["segment_id"])
+    assert predicted["level"].value_counts().to_dict() == {"frame": 16 * len(full), "window": len(full),
+                                                           "segment": test_windows["segment_id"].nunique()}
     baseline = json.loads((results / "folds/0/landmark_baseline/metrics.json").read_text())
     assert baseline["train_frames"] > 100 and baseline["C"] > 0
     # The grid points really trained on the demo windows: the training loss went down.
     for point in results.glob("folds/0/sequence_model/*/*.pt"):
-        history = torch.load(point, weights_only=False)["history"]
+        history = torch.load(point, weights_only=True)["history"]
         assert history[-1]["train_loss"] < history[0]["train_loss"], point
     summary = (results / "evaluation/summary.md").read_text()
     assert "CNN-LSTM" in summary and "Identity leaks across splits" in summary and "private" in summary
     assert "landmark baseline, per frame" in summary and "landmark baseline, window mean" in summary
-    assert len(pd.read_csv(results / "evaluation/summary.csv")) == 5
+    assert summary.startswith("# ferseq evaluation summary\n\n**Verdict.** On ") and "segment UAR" in summary
+    table = pd.read_csv(results / "evaluation/summary.csv")
+    assert set(table["method"]) == set(methods) and table["identity_leak"].all()
+    scores = table[table["kind"] == "score"]
+    assert len(scores) == 5 * 2 * 3  # five methods, at their own level and per segment, UAR, WAR and macro F1
+    assert (scores["ci_low"] <= scores["value"]).all() and (scores["value"] <= scores["ci_high"]).all()
+    per_person = pd.read_csv(results / "evaluation/per_person.csv")  # the split's unit here: a test segment
+    assert len(per_person) == test_windows["segment_id"].nunique() and "cnn_lstm_segment_uar" in per_person
 
     # MLflow: every training and evaluation step has its tagged run in the local store.
     mlflow.set_tracking_uri(f"sqlite:///{results}/mlflow.db")
     runs = mlflow.search_runs(experiment_names=["ferseq-demo"], output_format="list")
     stages = pd.Series([r.data.tags["stage"] for r in runs]).value_counts().to_dict()
     assert stages == {"frame_model": 1, "features": 1, "landmark_baseline": 1, "sequence_search": 1,
-                      "sequence_model": 2, "evaluate": 5}
-    assert {r.data.tags["fold"] for r in runs} == {"0"}
+                      "sequence_model": 2, "evaluate": 5, "summary": 1}
+    assert {r.data.tags.get("fold") for r in runs} == {"0", None}  # the summary pools the folds
     assert all(r.info.status == "FINISHED" for r in runs)
     assert {r.data.tags["mlflow.source.name"] for r in runs if r.data.tags["stage"] == "evaluate"} == {"ferseq evaluate (fold 0)"}
 
@@ -85,10 +100,14 @@ def test_demo_dag_from_raw_videos_to_summary_then_nothing_to_do(demo_run, tmp_pa
 
 def test_windows_features_retrains_the_grid_only(demo_run, tmp_path):
     # Landmark sequences: windows hold every per-frame column, so windows.features reruns the grid and evaluation.
+    # The grid changes too (lstm2 only), so the selected point changes: the rerun logs into new MLflow runs
+    # (or tags that may change), never into what the first run logged.
     shutil.copytree(demo_run, tmp_path / "run", symlinks=True)
     tmp_path = tmp_path / "run"
     results = tmp_path / "results"
-    both = write_config(tmp_path / "both.yaml", **SMALL, windows={"length": 16, "features": "both"})
+    before = json.loads((results / "folds/0/sequence_model/best.json").read_text())
+    both = write_config(tmp_path / "both.yaml", **{**SMALL, "sequence_model": {
+        **SMALL["sequence_model"], "architectures": ["lstm2"]}}, windows={"length": 16, "features": "both"})
     rerun = run_snakemake(tmp_path, "--configfile", str(both), "--cores", "2")
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     ran = rerun.stdout + rerun.stderr
@@ -96,9 +115,22 @@ def test_windows_features_retrains_the_grid_only(demo_run, tmp_path):
         assert f"rule {upstream}" not in ran, upstream
     assert "rule sequence_model:" in ran and "rule evaluate:" in ran
     best = json.loads((results / "folds/0/sequence_model/best.json").read_text())
-    checkpoint = torch.load(tmp_path / best["model"], weights_only=False)
+    checkpoint = torch.load(tmp_path / best["model"], weights_only=True)
     assert checkpoint["features"] == "both" and checkpoint["input_dim"] == 512 + 136
-    assert len(pd.read_csv(results / "evaluation/summary.csv")) == 5
+    assert best["arch"] == "lstm2" != before["arch"]
+    # MLflow agrees with the new selection; the runs of the points no longer in the grid are superseded
+    mlflow.set_tracking_uri(f"sqlite:///{results}/mlflow.db")
+    runs = mlflow.search_runs(experiment_names=["ferseq-demo"], output_format="list")
+    (search,) = [r for r in runs if r.data.tags["stage"] == "sequence_search"]
+    assert search.data.tags["best.arch"] == "lstm2" and search.data.tags["best.lr"] == str(best["lr"])
+    assert [r.info.run_name for r in runs if r.data.tags["stage"] == "sequence_model"] == ["lstm2-lr0.01_h16_d0.5"]
+    (cnn_lstm,) = [r for r in runs if r.data.tags.get("method") == "cnn_landmark_lstm"]
+    assert cnn_lstm.data.params["sequence_model"] == best["model"].rsplit("/", 1)[-1]
+    assert all(r.info.status == "FINISHED" for r in runs)
+    # The sequence model's row is named by what it reads, and paired with both inputs' frame methods.
+    table = pd.read_csv(results / "evaluation/summary.csv")
+    assert "cnn_landmark_lstm" in set(table["method"]) and "cnn_lstm" not in set(table["method"])
+    assert "CNN+landmark LSTM" in (results / "evaluation/summary.md").read_text()
 
 
 @pytest.mark.parametrize("scheme,folds", [("holdout", 1), ("kfold", 3)])
@@ -138,7 +170,7 @@ def test_bad_config_value_is_named(tmp_path):
     config = write_config(tmp_path / "config.yaml", split__scheme="leave-one-out")
     done = run_snakemake(tmp_path, "--configfile", str(config), "-n")
     assert done.returncode != 0
-    assert "  split.scheme: 'leave-one-out' is not one of ['holdout', 'kfold']" in done.stdout + done.stderr
+    assert "  split.scheme: 'leave-one-out' is not one of ['holdout', 'kfold', 'predefined']" in done.stdout + done.stderr
 
 
 def test_class_map_to_unknown_class_is_named(tmp_path):

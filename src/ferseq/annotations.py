@@ -5,6 +5,14 @@ against the videos it names. Bad rows are all reported together (row number,
 column, reason) and stop the run, unless ``strict`` is false, in which case they
 are dropped into the dropped-segments table like every other discarded row.
 Row numbers count data rows from 1, so row 1 is the line after a CSV header.
+
+A benchmark protocol (``split.scheme: predefined``) rides on optional columns:
+``folds`` (or ``fold``), the folds in which the row is a test row (``2``, or
+``1;4``; empty: a training row of every fold), or ``split`` (``train``, ``val``
+or ``test`` of one predefined fold), and ``identity_leak`` (true when the
+release names no person, so the row's subject is only its clip). The data
+stage keeps them in the segment table as ``test_folds``, ``protocol_split`` and
+``identity_leak``, for :mod:`ferseq.splits`.
 """
 
 from __future__ import annotations
@@ -29,7 +37,10 @@ from ferseq.outputs import atomic_path
 log = logging.getLogger(__name__)
 
 REQUIRED = ("video", "subject", "label", "start_frame", "end_frame")
+#: The optional protocol columns (see the module docstring); ``fold`` is ``folds`` with one fold.
+PROTOCOL_COLUMNS = ("folds", "fold", "split", "identity_leak")
 _INT = re.compile(r"^[+-]?\d+$")
+_FOLD_SEPARATORS = re.compile(r"\s*[;, ]\s*")
 
 
 class AnnotationError(FerseqError, ValueError):
@@ -63,7 +74,8 @@ def read_table(path: str | Path) -> pd.DataFrame:
     missing = [c for c in REQUIRED if c not in table.columns]
     if missing:
         raise AnnotationError(
-            f"{path}: missing column(s) {', '.join(missing)}; the table needs {', '.join(REQUIRED)} (and may have group)"
+            f"{path}: missing column(s) {', '.join(missing)}; the table needs {', '.join(REQUIRED)} (and may have group, "
+            f"{', '.join(PROTOCOL_COLUMNS)})"
         )
     return table.reset_index(drop=True)
 
@@ -136,8 +148,42 @@ def _record(row: dict[str, Any]) -> dict[str, Any]:
             value = int(value)
         if key in ("video", "subject", "label", "group") and isinstance(value, (int, float)):
             value = str(value)
+        if key == "identity_leak" and isinstance(value, str) and value.lower() in ("true", "false"):
+            value = value.lower() == "true"
         record[key] = value
     return record
+
+
+def parse_folds(value: Any) -> tuple[int, ...]:
+    """The folds of a ``folds``/``fold`` cell ("2", "1;4", "1, 4", 3, empty), sorted; ValueError when it is not that."""
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return ()
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a fold number")
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"{value} is not a fold number (0 or more)")
+        return (value,)
+    text = str(value).strip()
+    if not text:
+        return ()
+    parts = _FOLD_SEPARATORS.split(text)
+    if not all(part.isdigit() for part in parts):
+        raise ValueError(f"{text!r} is not a fold number or a list of them (e.g. 2 or 1;4)")
+    return tuple(sorted({int(part) for part in parts}))
+
+
+def protocol_columns(table: pd.DataFrame, path: str | Path) -> tuple[str | None, bool]:
+    """The table's fold column (``folds``, ``fold`` or ``split``, or None) and whether it has ``identity_leak``."""
+    given = [c for c in ("folds", "fold", "split") if c in table.columns]
+    if len(given) > 1:
+        raise AnnotationError(f"{path}: columns {' and '.join(given)} both say where a row is tested; keep one "
+                              "(folds or fold: the folds in which the row is a test row; split: its part of one fold)")
+    return (given[0] if given else None), "identity_leak" in table.columns
 
 
 def _schema_problems(record: dict[str, Any], row: int, validator: jsonschema.Validator) -> list[Problem]:
@@ -189,6 +235,7 @@ def load_segments(
     if not videos_dir.is_dir():
         raise AnnotationError(f"data.videos: {videos_dir} is not a folder")
     table = read_table(annotations)
+    fold_column, has_leak = protocol_columns(table, annotations)
     validator = jsonschema.Draft202012Validator(yaml.safe_load(Path(schema).read_text()))
 
     records: dict[int, dict[str, Any]] = {}
@@ -199,6 +246,13 @@ def load_segments(
         problems = _schema_problems(record, number, validator)
         if not problems and record["end_frame"] <= record["start_frame"]:
             problems.append(Problem(number, "end_frame", f"end_frame {record['end_frame']} is not after start_frame {record['start_frame']} (frames are half-open)"))
+        if fold_column in ("folds", "fold") and not any(p.column == fold_column for p in problems):
+            try:
+                record[fold_column] = ";".join(map(str, parse_folds(record.get(fold_column))))
+            except ValueError as err:
+                problems.append(Problem(number, fold_column, str(err)))
+        if fold_column == "split" and "split" not in record:
+            problems.append(Problem(number, "split", "missing value: with a split column every row is train, val or test"))
         if problems:
             bad.extend(problems)
         else:
@@ -211,7 +265,7 @@ def load_segments(
             bad.append(Problem(number, "video", probe))
             del records[number]
         elif record["end_frame"] > probe.frames:
-            bad.append(Problem(number, "end_frame", f"end_frame {record['end_frame']} is past the end of {record['video']} ({probe.frames} frames)"))
+            bad.append(Problem(number, "end_frame", f"end_frame {record['end_frame']} is past the end of {record['video']} ({probe.frames_text()})"))
             del records[number]
     bad.extend(_overlaps(records))
 
@@ -261,6 +315,7 @@ def load_segments(
                 "start": start,
                 "end": end,
                 "frames": end - start,
+                **_protocol_fields(record, fold_column, has_leak),
             })
     if not kept:
         raise AnnotationError(f"{annotations}: no segment is left to use (classes.names: {classes['names']}); see the dropped reasons:\n"
@@ -274,6 +329,18 @@ def load_segments(
     ])
     dropped_table = pd.DataFrame(dropped, columns=["row", "video", "label", "reason"]).sort_values("row", kind="stable")
     return segments, dropped_table, video_table
+
+
+def _protocol_fields(record: dict[str, Any], fold_column: str | None, has_leak: bool) -> dict[str, Any]:
+    """A kept segment's protocol columns, present only when the table has them."""
+    fields: dict[str, Any] = {}
+    if fold_column == "split":
+        fields["protocol_split"] = record.get("split")
+    elif fold_column:
+        fields["test_folds"] = record.get(fold_column, "")
+    if has_leak:
+        fields["identity_leak"] = bool(record.get("identity_leak", False))
+    return fields
 
 
 def pieces(start: int, end: int, max_frames: int | None) -> list[tuple[int, int]]:

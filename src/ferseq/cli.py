@@ -2,7 +2,8 @@
 
 ``ferseq import <format> <path> -o annotations.csv`` turns a public dataset's
 own layout into the annotation table (see :mod:`ferseq.importers`);
-``ferseq ui`` opens the MLflow UI on a config's runs; ``ferseq predict`` applies
+``ferseq ui`` opens the MLflow UI on a config's runs; ``ferseq mlflow sync`` sends
+what jobs kept while their tracking server was away; ``ferseq predict`` applies
 a trained model to new videos and ``ferseq export`` bundles one for another
 machine (see :mod:`ferseq.predict`). Errors a user can cause print one message,
 no traceback, and exit with status 2.
@@ -32,6 +33,15 @@ LAYOUTS = {
     "folders": ("class folders (AFEW/DFEW style)",
                 "<label>/<clip>, a clip being a video file or an image-sequence folder; subjects from "
                 "--subject-regex, --subjects or --subject-from-clip"),
+    "dfew": ("DFEW, its 5 official folds (single-labelled clips)",
+             "EmoLabel_DataSplit/{train,test}(single-labeled)/set_{1..5}.csv (video_name,label 1-7), frame folders "
+             "Clip/clip_224x224/NNNNN/ (or Clip/jpg_256, or --clips); folds = each clip's test fold"),
+    "mafw": ("MAFW, its 5 official folds (single-expression clips, 11 classes)",
+             "split/single/no_caption/set_{1..5}/{train,test}.txt (clip name and label word), frame folders "
+             "data/frames/NNNNN/ (or clips/, or --clips); folds = each clip's test fold"),
+    "ferv39k": ("FERV39k, its official train/test split",
+                "4_setups/All_scenes/{train_All,test_All}.csv (clip path and label word), frame folders "
+                "2_ClipsforFaceCrop/<scene>/<label>/NNNN/ (or --clips); split = train or test, group = scene"),
 }
 
 
@@ -62,6 +72,10 @@ def parser() -> argparse.ArgumentParser:
             sub.add_argument("--onset-apex", nargs=2, type=_onset_apex, metavar=("N", "M"),
                              help="label the first N frames neutral and the last M frames with the sequence's emotion "
                                   "(default: the whole sequence is one segment with the emotion)")
+        if name in ("dfew", "mafw", "ferv39k"):
+            sub.add_argument("--clips", metavar="FOLDER",
+                             help="the folder below the dataset root that holds the clips (frame folders or video "
+                                  "files), when it is not the release's own")
         if name == "folders":
             who = sub.add_mutually_exclusive_group()
             who.add_argument("--subject-regex", metavar="REGEX",
@@ -83,7 +97,8 @@ def parser() -> argparse.ArgumentParser:
         description="Run a trained run's faces settings, frame CNN and selected sequence model over new videos. Per "
                     "video, OUT gets {video}.parquet (one row per frame), {video}.csv (predicted segments in the "
                     "annotation table's format), {video}.png (timeline) and with --annotate {video}.annotated.mp4. "
-                    "Exit status 1 when any video failed (named on stderr), 2 on a usage error.")
+                    "Exit status 1 when any video failed or was cut short (decoding stopped before the frame count "
+                    "of its header: a damaged file; named on stderr), 2 on a usage error.")
     pred.add_argument("videos", nargs="+", metavar="VIDEO_OR_FOLDER",
                       help="video files, image-sequence folders, or folders of videos")
     pred.add_argument("--run", required=True, help="a finished results folder (e.g. results) or a bundle from `ferseq export`")
@@ -96,8 +111,25 @@ def parser() -> argparse.ArgumentParser:
     pred.add_argument("--batch-size", type=int, default=64, help="frames per CNN batch (default 64)")
     pred.add_argument("--workers", type=int, default=2, help="crop-decoding workers (default 2)")
 
+    tracking = commands.add_parser("mlflow", help="MLflow housekeeping: send what jobs could not deliver")
+    tracking_commands = tracking.add_subparsers(dest="mlflow_command", required=True, metavar="command")
+    sync = tracking_commands.add_parser(
+        "sync", help="send the MLflow calls that jobs kept while their tracking server was unreachable",
+        description="Jobs log MLflow runs through a journal beside their log file (results/logs/.../*.mlflow/); "
+                    "what a job could not deliver stays there. This sends it, in order, to the tracking server "
+                    "each journal names, and removes the journals that are complete. Exit status 1 when something "
+                    "is still pending.")
+    sync.add_argument("folders", nargs="*", default=["results/logs"], metavar="FOLDER",
+                      help="folders (searched recursively) or journal files (default results/logs)")
+    sync.add_argument("--wait", type=float, default=0.0,
+                      help="seconds to keep retrying an unreachable server (default 0: one try)")
+
     exp = commands.add_parser(
-        "export", help="bundle one fold's trained models and settings into a folder that predict reads anywhere")
+        "export", help="bundle one fold's trained models and settings into a folder that predict reads anywhere",
+        description="Copy one fold's frame model, selected sequence model, landmark baseline and faces detector "
+                    "files into a new folder with manifest.json (ferseq and format versions, classes, window length, "
+                    "data summary, val and test scores, config, the SHA-256 of every file) and MODEL_CARD.md. "
+                    "`ferseq predict --run BUNDLE` checks every checksum before it loads anything.")
     exp.add_argument("--run", required=True, help="a finished results folder (e.g. results)")
     exp.add_argument("--fold", type=int, help="the fold (default: the best val macro F1)")
     exp.add_argument("-o", "--output", required=True, help="the bundle folder to create")
@@ -114,11 +146,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _ui(args)
         if args.command == "predict":
             return _predict(args)
+        if args.command == "mlflow":
+            return _mlflow_sync(args)
         if args.command == "export":
             from ferseq import predict
 
             out = predict.export(args.run, args.output, args.fold)
-            print(f"bundle written to {out}", file=sys.stderr)
+            print(f"bundle written to {out} (what it is: {out / 'MODEL_CARD.md'})", file=sys.stderr)
             return 0
     except FerseqError as err:
         print(f"ferseq: error: {err}", file=sys.stderr)
@@ -157,6 +191,14 @@ def _ui(args: argparse.Namespace) -> int:
                             "--host", args.host, "--port", str(args.port)])
 
 
+def _mlflow_sync(args: argparse.Namespace) -> int:
+    from ferseq import mlflow_outbox
+
+    sent, pending = mlflow_outbox.sync(args.folders, wait=args.wait)
+    print(f"MLflow: {len(sent)} run journal(s) sent in full, {len(pending)} still pending", file=sys.stderr)
+    return 1 if pending else 0
+
+
 def _predict(args: argparse.Namespace) -> int:
     from ferseq import predict
 
@@ -165,4 +207,4 @@ def _predict(args: argparse.Namespace) -> int:
                                            batch_size=args.batch_size, num_workers=args.workers)
     for line in predict.summary_lines(results, failed):
         print(line, file=sys.stderr)
-    return 1 if failed else 0
+    return predict.exit_status(results, failed)

@@ -23,9 +23,15 @@ def explain(config: dict[str, Any], schema: str | Path) -> str:
     validator = jsonschema.Draft202012Validator(yaml.safe_load(Path(schema).read_text()))
     lines = []
     for error in sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path))):
-        key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+        key = ".".join(_part(p) for p in error.absolute_path) or "(top level)"
         lines.append(f"  {key}: {error.message}")
     return "config problems (keys and values are described in workflow/schemas/config.schema.yaml):\n" + "\n".join(lines)
+
+
+def _part(key: Any) -> str:
+    """One part of a config key as a message names it: quoted when it holds a line break or another control
+    character (a typo in the YAML), so that the message stays one line per problem."""
+    return str(key) if str(key).isprintable() else repr(key)
 
 
 def check(config: dict[str, Any]) -> None:
@@ -34,7 +40,7 @@ def check(config: dict[str, Any]) -> None:
     names = config["classes"]["names"]
     for raw, kept in config["classes"].get("map", {}).items():
         if kept not in names:
-            problems.append(f"classes.map.{raw}: {kept!r} is not one of classes.names {names}")
+            problems.append(f"classes.map.{_part(raw)}: {kept!r} is not one of classes.names {names}")
 
     data = config["data"]
     if not Path(data["videos"]).is_dir():
@@ -50,7 +56,7 @@ def check(config: dict[str, Any]) -> None:
     # An overlap the user wrote must name kept classes; the reference default (null) only applies to those.
     for name in config.get("windows", {}).get("overlap") or {}:
         if name not in names:
-            problems.append(f"windows.overlap.{name}: not one of classes.names {names}")
+            problems.append(f"windows.overlap.{_part(name)}: not one of classes.names {names}")
 
     faces = config.get("faces", {})
     if faces.get("detector") == "opencv_dnn" and not (faces.get("dnn_model") and faces.get("dnn_prototxt")):

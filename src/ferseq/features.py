@@ -20,7 +20,12 @@ The file's key-value metadata (key ``ferseq.features``, JSON; ``pq.read_metadata
 backbone and the fold, and records frames, seconds and frames per second of
 the extraction. :func:`log_features_run` reads those from a fold's files and
 logs one MLflow run per fold. The workflow runs :func:`extract_fold`: one job
-per fold, the model loaded once for all videos.
+per fold, the model loaded once for all videos. The job keeps each video it
+has finished in a partial folder beside its output
+(``results/folds/{fold}/.features.partial/``, which Snakemake does not delete
+when the job fails), so a job that is killed or fails on one video does only
+the rest when it runs again with the same model, faces files and settings;
+the files move into the output folder when every video is done.
 
 The faces file is read one row group at a time by DataLoader workers, which
 decode the crops while the model runs: every frame is read and decoded once,
@@ -32,8 +37,11 @@ copied back and written while the GPU runs the next.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -55,6 +63,7 @@ log = logging.getLogger(__name__)
 
 METADATA_KEY = b"ferseq.features"
 LOG_EVERY = 5000  # face frames between progress lines
+PARTIAL_VERSION = 1  # bump when the features of the same inputs change
 
 
 def parquet_schema(embedding_dim: int, classes: int) -> pa.Schema:
@@ -184,21 +193,54 @@ def extract_features(model_path: str | Path, faces_parquet: str | Path, segments
                          decode=decode)
 
 
+def _partial_name(video_id: str, faces_parquet: str | Path, model_path: str | Path, segments: list,
+                  batch_size: int, decode: str | None) -> str:
+    """A finished video's file name in the partial folder: its id and what its features follow from (the
+    faces file and the model as they are now, its segments and labels, the batch size and decoding)."""
+    parts = [PARTIAL_VERSION, video_id, _stamp(faces_parquet), _stamp(model_path), segments, batch_size, decode]
+    return f"{hashlib.sha1(json.dumps(parts, default=str).encode()).hexdigest()[:20]}.parquet"
+
+
+def _stamp(path: str | Path) -> list:
+    stat = os.stat(path)
+    return [str(path), stat.st_size, stat.st_mtime_ns]
+
+
 def extract_fold(model_path: str | Path, faces: Mapping[str, str | Path], segments_path: str | Path,
-                 out_dir: str | Path, config: Mapping[str, Any], fold: int, decode: str | None = None) -> pd.DataFrame:
+                 out_dir: str | Path, config: Mapping[str, Any], fold: int, decode: str | None = None,
+                 partial_dir: str | Path | None = None) -> pd.DataFrame:
     """The feature store of one fold, with one model load: ``out_dir/{video}.parquet`` for every video
     of ``faces`` (video_id -> faces file), then ``out_dir/stats.csv`` and the fold's MLflow run
-    (``decode``: see :func:`extract_video`)."""
+    (``decode``: see :func:`extract_video`). Finished videos wait in ``partial_dir`` (default
+    ``.{out_dir name}.partial`` beside ``out_dir``) until all are done, and a rerun reuses them."""
     cfg = settings(config)
-    model = load_frame_model(model_path)
     labels = _labels(segments_path)
+    segments = pd.read_parquet(segments_path, columns=["video_id", "segment_id", "label"]).sort_values("segment_id")
+    by_video = {v: list(zip(g["segment_id"].tolist(), g["label"].tolist())) for v, g in segments.groupby("video_id")}
     out_dir = Path(out_dir)
+    partial = Path(partial_dir) if partial_dir is not None else out_dir.with_name(f".{out_dir.name}.partial")
+    partial.mkdir(parents=True, exist_ok=True)
+    batch_size = int(cfg["inference_batch_size"])
+    kept = {video_id: partial / _partial_name(video_id, path, model_path, by_video.get(video_id, []), batch_size,
+                                              decode)
+            for video_id, path in faces.items()}
+    for stale in set(partial.glob("*.parquet")) - set(kept.values()):  # of another model or faces file
+        stale.unlink()
+    todo = [video_id for video_id, path in kept.items() if not path.is_file()]
+    if len(todo) < len(kept):
+        log.info("fold %s features: %d of %d videos kept from an earlier attempt in %s", fold, len(kept) - len(todo),
+                 len(kept), partial)
+    model = load_frame_model(model_path) if todo else None
+    for done, video_id in enumerate(todo, start=1):
+        extract_video(model, faces[video_id], labels, kept[video_id], video_id=video_id, fold=fold,
+                      batch_size=batch_size, num_workers=int(cfg["num_workers"]), decode=decode)
+        log.info("fold %s features: %d/%d videos done", fold, done + len(kept) - len(todo), len(kept))
     out_dir.mkdir(parents=True, exist_ok=True)
     outputs = {video_id: out_dir / f"{video_id}.parquet" for video_id in faces}
-    for done, video_id in enumerate(outputs, start=1):
-        extract_video(model, faces[video_id], labels, outputs[video_id], video_id=video_id, fold=fold,
-                      batch_size=int(cfg["inference_batch_size"]), num_workers=int(cfg["num_workers"]), decode=decode)
-        log.info("fold %s features: %d/%d videos done", fold, done, len(outputs))
+    for video_id, path in kept.items():
+        outputs[video_id].parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, outputs[video_id])
+    shutil.rmtree(partial, ignore_errors=True)
     return log_features_run(outputs.values(), config, fold, out_dir / "stats.csv")
 
 
@@ -225,13 +267,11 @@ def log_features_run(feature_files: Iterable[str | Path], config: Mapping[str, A
     frames, seconds = int(table["frames"].sum()), float(table["seconds"].sum())
     totals = {"videos": len(table), "frames": frames, "seconds": seconds,
               "frames_per_second": frames / seconds if seconds > 0 else 0.0}
-    with tracking.start_run(dict(config), stage="features", fold=fold):
-        import mlflow
-
-        mlflow.log_params({"device": ",".join(sorted(set(table["device"].dropna()))),
-                           "inference_batch_size": settings(config)["inference_batch_size"]})
-        mlflow.log_metrics(totals)
-        mlflow.log_text(table.to_csv(index=False), "features_stats.csv")
+    with tracking.open_run(dict(config), stage="features", fold=fold) as run:
+        run.log_params({"device": ",".join(sorted(set(table["device"].dropna()))),
+                        "inference_batch_size": settings(config)["inference_batch_size"]})
+        run.log_metrics(totals)
+        run.log_text(table.to_csv(index=False), "features_stats.csv")
     if out_csv is not None:
         with atomic_path(out_csv) as tmp:
             table.to_csv(tmp, index=False)

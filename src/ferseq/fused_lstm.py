@@ -31,6 +31,12 @@ no longer fit in the cache, so each batch goes through a few small stacks. A
 stack of one point on the CPU (a large model, or the last point of a stack)
 runs the point's SequenceClassifier with its weights: torch's own LSTM kernel
 is faster there than the stacked steps for a single model.
+
+Resume: :func:`train_points` hands ``on_epoch_end`` a function that returns the
+whole training state of every point (weights, Adam, dropout streams, best
+weights, early-stopping counters, histories, the batch-order generator), as
+tensors and plain values; given back as ``resume_from``, training continues
+after that epoch as if it had never stopped.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ferseq import resume
 from ferseq.sequence_model import ARCHITECTURES, SequenceClassifier, TrainResult, class_weights
 
 log = logging.getLogger(__name__)
@@ -387,11 +394,36 @@ class Stack:
         """Each of the stack's points' best weights (a SequenceClassifier state dict, on the CPU), by job point."""
         return {point: {name: w.cpu() for name, w in best.items()} for point, best in self.best.items()}
 
+    def snapshot(self) -> dict:
+        """The training state of the points still in the stack: weights, Adam's state, dropout streams."""
+        return {"index": list(self.index), "weights": [{k: w.detach() for k, w in weights.items()} for weights in self.weights],
+                "optimizer": self.optimizer.state_dict(),
+                "generators": [g.get_state() for g in self.dropout.generators] if self.exact else None,
+                "device_generator": None if self.exact else self.dropout._device_generator.get_state()}
+
+    @classmethod
+    def restore(cls, arch: str, saved: dict, best: dict[int, dict], points: Sequence[Point],
+                device: torch.device) -> Stack:
+        """The stack a :meth:`snapshot` describes, with its points' best weights."""
+        generators = None
+        if saved["generators"] is not None:
+            generators = [torch.Generator() for _ in saved["generators"]]
+            for generator, state in zip(generators, saved["generators"]):
+                generator.set_state(state)
+        stack = cls(arch, saved["index"], saved["weights"], generators, [points[i] for i in saved["index"]], device, 0)
+        stack.optimizer.load_state_dict(saved["optimizer"])
+        if saved["device_generator"] is not None:
+            stack.dropout._device_generator.set_state(saved["device_generator"])
+        stack.best = {i: {name: w.to(device) for name, w in best[i].items()} for i in stack.index}
+        return stack
+
 
 def train_points(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray, *, arch: str,
                  hidden: int, points: Sequence[Point], num_classes: int, epochs: int, patience: int, batch_size: int,
                  order_seed: int, device: str | torch.device = "cpu", stack_size: int | None = None,
-                 exact: bool | None = None, on_epoch: Callable[[int, dict], None] | None = None) -> list[TrainResult]:
+                 exact: bool | None = None, on_epoch: Callable[[int, dict], None] | None = None,
+                 on_epoch_end: Callable[[int, Callable[[], dict]], None] | None = None,
+                 resume_from: dict | None = None) -> list[TrainResult]:
     """Train the ``points`` (one architecture and hidden size) together; one result per point, in order.
 
     The batch order is drawn from ``order_seed`` (shared); ``on_epoch(point_index, metrics)`` receives
@@ -402,6 +434,8 @@ def train_points(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, va
     goes through the stacks one after another. ``exact`` (default: on the CPU): each point's own
     dropout stream and torch's per-tensor Adam, as alone; else (the GPU default) one mask draw for
     all points and torch's fused Adam: fewer, larger operations.
+    ``on_epoch_end(epoch, snapshot)``: called after each epoch; ``snapshot()`` gives the training state
+    (see the module docstring), from which ``resume_from`` continues (with the same data and arguments).
     """
     if len(val_x) == 0:
         raise ValueError("no validation windows: early stopping needs a val split with windows (see windows counts)")
@@ -422,12 +456,33 @@ def train_points(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, va
         stacks.append(Stack(arch, index, [states[i] for i in index],
                             [generators[i] for i in index] if exact else None,
                             [points[i] for i in index], dev, order_seed + first))
-    all_stacks = list(stacks)
     results = [TrainResult({}, 0, math.inf, 0.0) for _ in points]
     stale = [0] * len(points)
     order_generator = torch.Generator().manual_seed(order_seed)
+    first = 1
+    if resume_from is not None:  # the points' state after epoch resume_from["epoch"]
+        best = {int(i): state for i, state in resume_from["best"].items()}
+        stacks = [Stack.restore(arch, saved, best, points, dev) for saved in resume_from["stacks"]]
+        for i, (result, saved) in enumerate(zip(results, resume_from["results"])):
+            result.best_epoch, result.val_loss, result.val_macro_f1 = saved["best_epoch"], saved["val_loss"], saved["val_macro_f1"]
+            result.history, result.state_dict = list(saved["history"]), best.get(i, {})
+        stale = list(resume_from["stale"])
+        order_generator.set_state(resume_from["order_rng"])
+        resume.set_rng_state(resume_from["rng"])  # (a one-point stack's dropout off the exact path draws from it)
+        first = resume_from["epoch"] + 1
+    all_stacks = list(stacks)
+
+    def snapshot(epoch: int) -> dict:
+        best = {i: r.state_dict for i, r in enumerate(results) if r.state_dict}  # points that have stopped
+        best.update({i: state for stack in all_stacks for i, state in stack.best_states().items()})
+        return {"epoch": epoch, "order_rng": order_generator.get_state(), "rng": resume.rng_state(),
+                "stale": list(stale), "best": best,
+                "stacks": [stack.snapshot() for stack in stacks],
+                "results": [{"best_epoch": r.best_epoch, "val_loss": r.val_loss, "val_macro_f1": r.val_macro_f1,
+                             "history": r.history} for r in results]}
+
     # epoch loop; each point stops on its own val loss
-    for epoch in range(1, epochs + 1):
+    for epoch in range(first, epochs + 1 if stacks else first):
         start = time.perf_counter()
         totals = [torch.zeros(len(stack.index), dtype=torch.float64, device=dev) for stack in stacks]
         order = torch.randperm(len(xs), generator=order_generator).to(dev)
@@ -466,6 +521,8 @@ def train_points(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, va
             if len(keep) < len(stack.index):  # a stopped point leaves the stack: it no longer changes
                 stack.drop_all_but(keep)
         stacks = [stack for stack in stacks if stack.index]
+        if on_epoch_end:
+            on_epoch_end(epoch, lambda: snapshot(epoch))
         if not stacks:
             break
     for stack in all_stacks:

@@ -29,13 +29,15 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from ferseq import faces, features, search, videos, windows
+from ferseq import faces, features, landmark_baseline, manifest, model_card, model_files, search, videos, windows
 from ferseq.errors import FerseqError
 from ferseq.outputs import atomic_path
 
 log = logging.getLogger(__name__)
 
-BUNDLE_FILE = "bundle.json"
+# A bundle's files (besides the faces detector files, under their own names); see ferseq.manifest.
+FRAME_FILE, SEQUENCE_FILE, BASELINE_FILE = "frame_model.pt", "sequence_model.pt", "landmark_baseline.json"
+DETECTOR_KEYS = ("dnn_model", "dnn_prototxt", "mmod_model", "landmarks_model")
 
 
 class ModelNotFound(FerseqError):
@@ -56,6 +58,7 @@ class Bundle:
     metrics: dict[str, Any] = field(default_factory=dict)
     config_hash: str | None = None
     source: str = ""
+    landmark_baseline: Path | None = None
 
 
 def _need(path: Path, what: str) -> Path:
@@ -68,20 +71,59 @@ def _folds(run: Path) -> list[int]:
     return sorted(int(p.name) for p in (run / "folds").glob("*") if p.name.isdigit())
 
 
+def is_bundle(run: str | Path) -> bool:
+    """Whether ``run`` is a bundle (of any ferseq version) rather than a results folder."""
+    return (Path(run) / manifest.MANIFEST).is_file() or (Path(run) / manifest.OLD_BUNDLE).is_file()
+
+
 def load_run(run: str | Path, fold: int | None = None) -> Bundle:
     """The model of a results folder (``fold``, default the fold whose selected sequence model has the best val
-    macro F1) or of an exported bundle."""
-    run = Path(run)
-    if (run / BUNDLE_FILE).is_file():
-        info = json.loads((run / BUNDLE_FILE).read_text())
-        faces_cfg = dict(info["faces"])
-        for key in ("dnn_model", "dnn_prototxt", "mmod_model", "landmarks_model"):
+    macro F1) or of an exported bundle (its checksums verified before any of its files is read).
+
+    Every model file is read as data only (:mod:`ferseq.model_files`); one
+    that is not is an error naming it.
+    """
+    return _load(Path(run), fold)[0]
+
+
+def _load(run: Path, fold: int | None) -> tuple[Bundle, dict[str, Any], dict[str, Any]]:
+    """The bundle of ``run``, with its frame and sequence checkpoints' contents."""
+    if is_bundle(run):
+        info = manifest.verify(run)  # before anything of it is read
+        missing = [name for name in (FRAME_FILE, SEQUENCE_FILE, BASELINE_FILE) if name not in info["files"]]
+        faces_cfg = dict(info.get("faces") or {})
+        for key in DETECTOR_KEYS:
             if faces_cfg.get(key):  # files copied into the bundle, named relative to it
+                missing += [] if faces_cfg[key] in info["files"] else [f"{faces_cfg[key]} (faces.{key})"]
                 faces_cfg[key] = str(run / faces_cfg[key])
-        return Bundle(_need(run / "frame_model.pt", "the bundle's frame model"),
-                      _need(run / "sequence_model.pt", "the bundle's sequence model"), info["classes"], faces_cfg,
-                      int(info["window_length"]), info["features"], int(info["fold"]), info.get("metrics", {}),
-                      info.get("config_hash"), f"bundle {run}")
+        if missing:
+            raise manifest.BundleError(f"{run / manifest.MANIFEST}: lists no {', '.join(missing)}; "
+                                       "export the run again")
+        if fold is not None and fold != info["fold"]:
+            raise ModelNotFound(f"--fold {fold}: the bundle {run} holds the models of fold {info['fold']} only")
+        frame_path, sequence_path, baseline = run / FRAME_FILE, run / SEQUENCE_FILE, run / BASELINE_FILE
+        landmark_baseline.load(baseline)  # a pickle in its place is refused here, unread
+        fold, source = int(info["fold"]), f"bundle {run}"
+    else:
+        frame_path, sequence_path, fold = _results_models(run, fold)
+        baseline = run / "folds" / str(fold) / "landmark_baseline" / "model.json"
+        baseline, faces_cfg, source = baseline if baseline.is_file() else None, None, f"{run} fold {fold}"
+    checkpoint = model_files.read_torch(frame_path, "frame model")
+    if "faces" not in checkpoint:
+        raise ModelNotFound(f"{frame_path}: made by an older ferseq without its faces settings; retrain the frame "
+                            "model (or export from a newer run)")
+    _, sequence = search.load_model(sequence_path)
+    bundle = Bundle(frame_path, sequence_path, list(checkpoint["arch"]["classes"]),
+                    faces_cfg if faces_cfg is not None else dict(checkpoint["faces"]),
+                    int(sequence.get("window_length", 16)), sequence.get("features", "embedding"), fold,
+                    {"sequence_model": sequence.get("metrics", {}), "frame_model": {
+                        k: checkpoint.get(k) for k in ("best_epoch", "val_loss", "val_macro_f1")}},
+                    checkpoint.get("config_hash"), source, baseline)
+    return bundle, checkpoint, sequence
+
+
+def _results_models(run: Path, fold: int | None) -> tuple[Path, Path, int]:
+    """The frame model and selected sequence model of a results folder's ``fold`` (default: the best val macro F1)."""
     if not run.is_dir():
         raise ModelNotFound(f"{run}: no such results folder or bundle")
     folds = _folds(run)
@@ -106,49 +148,77 @@ def load_run(run: str | Path, fold: int | None = None) -> Bundle:
     named = Path(best["model"])
     sequence_path = _need(base / "sequence_model" / named.parent.name / named.name,
                           f"the selected sequence model of fold {fold}")
-    from ferseq.frame_model import read_checkpoint
-
-    checkpoint = read_checkpoint(frame_path)
-    if "faces" not in checkpoint:
-        raise ModelNotFound(f"{frame_path}: made by an older ferseq without its faces settings; retrain the frame "
-                            "model (or export from a newer run)")
-    _, sequence = search.load_model(sequence_path)
-    return Bundle(frame_path, sequence_path, list(checkpoint["arch"]["classes"]), dict(checkpoint["faces"]),
-                  int(sequence.get("window_length", 16)), sequence.get("features", "embedding"), fold,
-                  {"sequence_model": sequence.get("metrics", {}), "frame_model": {
-                      k: checkpoint.get(k) for k in ("best_epoch", "val_loss", "val_macro_f1")}},
-                  checkpoint.get("config_hash"), f"{run} fold {fold}")
+    return frame_path, sequence_path, fold
 
 
 def export(run: str | Path, out_dir: str | Path, fold: int | None = None) -> Path:
-    """Write a self-contained bundle of one fold's models and settings, which :func:`load_run` reads anywhere."""
-    bundle = load_run(run, fold)
-    out_dir = Path(out_dir)
+    """Write a self-contained bundle of one fold's models and settings, which :func:`load_run` reads anywhere.
+
+    The bundle holds the frame model, the selected sequence model, the
+    landmark baseline, the faces detector files the run used, ``MODEL_CARD.md``
+    and ``manifest.json`` (:mod:`ferseq.manifest`: what the model is, and the
+    SHA-256 of every other file).
+    """
+    run, out_dir = Path(run), Path(out_dir)
+    if is_bundle(run):
+        raise FerseqError(f"--run: {run} is a bundle already; export reads a results folder (to move a bundle, "
+                          "copy its folder)")
+    bundle, frame, sequence = _load(run, fold)
+    base = run / "folds" / str(bundle.fold) / "landmark_baseline"
+    if bundle.landmark_baseline is None:
+        if (base / "model.pkl").is_file():
+            raise model_files.ModelFileError(
+                f"{base / 'model.pkl'}: a pickled landmark baseline from an older ferseq, which ferseq never loads; "
+                f"rebuild it as {base / 'model.json'} (run the workflow again: snakemake --cores N) and export again")
+        raise ModelNotFound(f"{base / 'model.json'}: missing (the landmark baseline of fold {bundle.fold})")
+    landmark_baseline.load(bundle.landmark_baseline)
     if out_dir.exists():
         raise FerseqError(f"-o: {out_dir} exists; give a new folder")
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        shutil.copy2(bundle.frame_model, tmp / "frame_model.pt")
-        shutil.copy2(bundle.sequence_model, tmp / "sequence_model.pt")
+        shutil.copy2(bundle.frame_model, tmp / FRAME_FILE)
+        shutil.copy2(bundle.sequence_model, tmp / SEQUENCE_FILE)
+        shutil.copy2(bundle.landmark_baseline, tmp / BASELINE_FILE)
         faces_cfg = dict(bundle.faces)
-        for key in ("dnn_model", "dnn_prototxt", "mmod_model", "landmarks_model"):
+        for key in DETECTOR_KEYS:
             if faces_cfg.get(key):  # detector files travel with the bundle
                 source = Path(faces_cfg[key])
                 if not source.is_file():
                     raise ModelNotFound(f"faces.{key}: {source} (used by this run) does not exist here")
                 shutil.copy2(source, tmp / source.name)
                 faces_cfg[key] = source.name
-        info = {"classes": bundle.classes, "faces": faces_cfg, "window_length": bundle.window_length,
-                "features": bundle.features, "fold": bundle.fold, "metrics": bundle.metrics,
-                "config_hash": bundle.config_hash, "exported_from": bundle.source}
-        (tmp / BUNDLE_FILE).write_text(json.dumps(info, indent=2, default=str) + "\n")
+        info = manifest.new(
+            exported_from=f"{run.resolve()} fold {bundle.fold}", fold=bundle.fold, classes=bundle.classes,
+            window_length=bundle.window_length, features=bundle.features, faces=faces_cfg,
+            models=_describe_models(frame, sequence, base / "metrics.json"),
+            data=manifest.data_summary(run, bundle.fold), scores=manifest.evaluation_scores(run, bundle.fold),
+            # the grid point records its config (ferseq's own runs since the manifest); older ones only a hash
+            config=sequence.get("config"), config_hash=sequence.get("config_hash") or bundle.config_hash)
+        (tmp / model_card.CARD_FILE).write_text(model_card.render(info))
+        manifest.write(tmp, info)
         tmp.rename(out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def _describe_models(frame: dict[str, Any], sequence: dict[str, Any], baseline_metrics: Path) -> dict[str, Any]:
+    """What the manifest says of each model: its file, architecture and val scores (from its checkpoint)."""
+    def pick(source: dict[str, Any], *keys: str) -> dict[str, Any]:
+        return {k: source.get(k) for k in keys}
+
+    baseline = json.loads(baseline_metrics.read_text()) if baseline_metrics.is_file() else {}
+    return {"frame_model": {"file": FRAME_FILE, **pick(frame["arch"], "backbone", "input_size"),
+                            **pick(frame, "best_epoch", "val_loss", "val_macro_f1", "epochs_run", "train_frames",
+                                   "val_frames", "config_hash")},
+            "sequence_model": {"file": SEQUENCE_FILE, **pick(sequence, "arch", "hidden", "dropout", "input_dim"),
+                               **pick(sequence.get("metrics", {}), "lr", "best_epoch", "val_loss", "val_macro_f1",
+                                      "epochs_run")},
+            "landmark_baseline": {"file": BASELINE_FILE, **pick(baseline, "C", "val_macro_f1", "val_accuracy",
+                                                                "train_frames", "val_frames")}}
 
 
 def window_probs(per_frame: dict[str, np.ndarray], face_frames: np.ndarray, n_frames: int, length: int, stride: int,
@@ -208,6 +278,17 @@ class VideoResult:
     seconds: float
     outputs: list[Path]
     segments: list[tuple[str, int, int]]
+    header_frames: int | None = None  # the frame count the file's header gives
+
+    @property
+    def cut_short(self) -> bool:
+        """Whether decoding stopped before the header's frame count (a damaged file): the outputs cover the
+        decoded frames only."""
+        return self.header_frames is not None and self.frames < self.header_frames
+
+    def cut_short_text(self) -> str:
+        return (f"decoding stopped after {self.frames} of the {self.header_frames} frames its header gives: the file "
+                f"looks damaged (or its header is wrong); its outputs cover the {self.frames} decoded frames")
 
 
 def predict_video(video: Path, bundle: Bundle, out_dir: Path, *, stride: int = 1, min_segment: int = 8,
@@ -266,7 +347,10 @@ def predict_video(video: Path, bundle: Bundle, out_dir: Path, *, stride: int = 1
     faces_found = int(frame_table["face_found"].sum())
     if faces_found == 0:
         log.warning("%s: no face in any of its %d frames; its files say face_found false throughout", name, n)
-    return VideoResult(name, n, faces_found, time.perf_counter() - started, outputs, segments)
+    result = VideoResult(name, n, faces_found, time.perf_counter() - started, outputs, segments, info.header_frames)
+    if result.cut_short:
+        log.warning("%s: %s", video, result.cut_short_text())
+    return result
 
 
 def plot_timeline(frame_table: pd.DataFrame, classes: list[str], segments: list[tuple[str, int, int]], fps: float,
@@ -379,9 +463,14 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
 
 
 def summary_lines(results: list[VideoResult], failed: list[str]) -> list[str]:
-    """One line per video, then the failures."""
-    lines = [f"{r.video}: {r.frames} frames, faces in {r.faces}, {len(r.segments)} segments "
+    """One line per video (a video cut short says so first), then the failures."""
+    lines = [f"{'CUT SHORT ' if r.cut_short else ''}{r.video}: {r.frames} frames, faces in {r.faces}, {len(r.segments)} segments "
              f"({', '.join(f'{label} {s}-{e}' for label, s, e in r.segments[:6])}{' ...' if len(r.segments) > 6 else ''}), "
-             f"{r.frames / r.seconds:.1f} frames/s" for r in results]
+             f"{r.frames / r.seconds:.1f} frames/s" + (f"; {r.cut_short_text()}" if r.cut_short else "") for r in results]
     lines += [f"FAILED {f}" for f in failed]
     return lines
+
+
+def exit_status(results: list[VideoResult], failed: list[str]) -> int:
+    """``ferseq predict``'s exit status: 1 when a video failed or was cut short (a damaged file), else 0."""
+    return 1 if failed or any(r.cut_short for r in results) else 0

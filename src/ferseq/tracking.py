@@ -1,8 +1,16 @@
 """The one place that opens MLflow runs.
 
-Every training and evaluation step logs through :func:`start_run`, so every run
-of a configuration lands in one experiment (named by ``config["experiment"]``)
-and carries the same tags: stage, fold, git commit and a hash of the config.
+Every training and evaluation step logs through :func:`start_run` (MLflow's
+fluent API) or :func:`open_run` (a :class:`ferseq.mlflow_outbox.RunLog`, which
+survives an unreachable tracking server), so every run of a configuration lands
+in one experiment (named by ``config["experiment"]``) and carries the same
+tags: stage, fold, git commit and a hash of the config.
+
+Reruns never collide with earlier runs: a step that runs again (after a change
+of config or input) logs into a new run, and its earlier runs are kept but
+marked superseded (:func:`supersede`: tagged ``ferseq.superseded_by`` and moved
+to MLflow's deleted runs, so the UI lists the current runs; the "Deleted" state
+filter shows the earlier ones, ``mlflow runs restore`` brings one back).
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from urllib.parse import urlparse
 
 DEFAULT_URI = "sqlite:///results/mlflow.db"
 STEP_TAG = "ferseq_step"
+SUPERSEDED_TAG = "ferseq.superseded_by"
 # MLflow 3's UI opens an experiment on the page of its kind; without the tag it guesses GenAI (traces).
 EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_TAGS = {EXPERIMENT_KIND: "custom_model_development"}
@@ -58,7 +67,8 @@ def is_local_store(config: dict[str, Any]) -> bool:
     return _sqlite_path(config.get("mlflow", {}).get("tracking_uri", DEFAULT_URI)) is not None
 
 
-def _artifact_location(mlflow_cfg: dict[str, Any]) -> str | None:
+def artifact_location(mlflow_cfg: dict[str, Any]) -> str | None:
+    """Where a new experiment keeps its artifacts: ``mlflow.artifact_location``, else beside a local sqlite store."""
     configured = mlflow_cfg.get("artifact_location")
     if configured:
         return configured
@@ -87,21 +97,26 @@ def _setup_lock(uri: str) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def check_uri(uri: str) -> None:
+    """Raise ValueError naming ``mlflow.tracking_uri`` unless ``uri`` is one MLflow knows."""
+    scheme = urlparse(uri).scheme
+    if scheme not in ("sqlite", "http", "https", "file", "postgresql", "mysql", "databricks", ""):
+        raise ValueError(f"mlflow.tracking_uri: {uri!r} is not a tracking URI MLflow knows (sqlite:///path.db or http://host:port)")
+
+
 def experiment_id(config: dict[str, Any]) -> str:
     """Set the tracking URI from ``config["mlflow"]`` and return the experiment's id, creating it once."""
     import mlflow
 
     mlflow_cfg = config.get("mlflow", {})
     uri = mlflow_cfg.get("tracking_uri", DEFAULT_URI)
-    scheme = urlparse(uri).scheme
-    if scheme not in ("sqlite", "http", "https", "file", "postgresql", "mysql", "databricks", ""):
-        raise ValueError(f"mlflow.tracking_uri: {uri!r} is not a tracking URI MLflow knows (sqlite:///path.db or http://host:port)")
+    check_uri(uri)
     mlflow.set_tracking_uri(uri)
     name = config.get("experiment", "ferseq")
     with _setup_lock(uri):
         experiment = mlflow.get_experiment_by_name(name)
         if experiment is None:
-            return mlflow.create_experiment(name, artifact_location=_artifact_location(mlflow_cfg), tags=EXPERIMENT_TAGS)
+            return mlflow.create_experiment(name, artifact_location=artifact_location(mlflow_cfg), tags=EXPERIMENT_TAGS)
         if experiment.tags.get(EXPERIMENT_KIND) != EXPERIMENT_TAGS[EXPERIMENT_KIND]:  # a store made by an older ferseq
             mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, EXPERIMENT_TAGS[EXPERIMENT_KIND])
         return experiment.experiment_id
@@ -131,24 +146,65 @@ def run_tags(config: dict[str, Any], stage: str, fold: int | str | None, run_nam
     return all_tags
 
 
-def end_stale_runs(experiment: str, step: str, name: str) -> list[str]:
+def _step_filter(step: str) -> str:
+    quoted = step.replace("'", "\\'")
+    return f"tags.{STEP_TAG} = '{quoted}'"
+
+
+def end_stale_runs(experiment: str, step: str, name: str, keep: str | None = None) -> list[str]:
     """Mark the still-RUNNING runs of ``step`` (run ``name``) KILLED, with a warning, and return their ids.
 
     A job killed by SIGKILL, a node failure or a time limit never ends its run;
     Snakemake never runs one step twice at once, so a RUNNING run of the step
-    that is starting again is one that was killed.
+    that is starting again is one that was killed. ``keep``: a run that is
+    being resumed, left as it is.
     """
     import mlflow
 
     client = mlflow.MlflowClient()
-    quoted = step.replace("'", "\\'")
-    stale = client.search_runs([experiment], f"tags.{STEP_TAG} = '{quoted}' and attributes.status = 'RUNNING'")
+    stale = [run for run in client.search_runs([experiment], f"{_step_filter(step)} and attributes.status = 'RUNNING'")
+             if run.info.run_id != keep]
     for run in stale:
         client.set_terminated(run.info.run_id, status="KILLED")
     killed = [run.info.run_id for run in stale]
     if killed:
         log.warning("MLflow: run(s) %s of %s were left RUNNING by a killed job: marked KILLED", ", ".join(killed), name)
     return killed
+
+
+def supersede(experiment: str, step: str, current: str) -> list[str]:
+    """Mark the earlier runs of ``step`` superseded by run ``current``, and return their ids.
+
+    Each is tagged ``ferseq.superseded_by`` = ``current`` and deleted (MLflow
+    keeps deleted runs, restorable, until ``mlflow gc``), so the UI lists the
+    current runs while the history stays. A rerun then never logs into, nor
+    conflicts with, what an earlier run logged.
+    """
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    earlier = [run.info.run_id for run in client.search_runs([experiment], _step_filter(step))
+               if run.info.run_id != current]
+    return _supersede(client, earlier, current)
+
+
+def supersede_runs(experiment: str, filter_string: str, keep: set[str], current: str) -> list[str]:
+    """Mark the runs matching ``filter_string`` that are not in ``keep`` superseded by run ``current``
+    (e.g. a fold's grid points that are no longer in the grid); return their ids."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    earlier = [run.info.run_id for run in client.search_runs([experiment], filter_string) if run.info.run_id not in keep]
+    return _supersede(client, earlier, current)
+
+
+def _supersede(client: Any, run_ids: list[str], current: str) -> list[str]:
+    for run_id in run_ids:
+        client.set_tag(run_id, SUPERSEDED_TAG, current)
+        client.delete_run(run_id)
+    if run_ids:
+        log.info("MLflow: earlier run(s) %s superseded by %s (kept among the deleted runs)", ", ".join(run_ids), current)
+    return run_ids
 
 
 @contextmanager
@@ -174,6 +230,7 @@ def open_child_runs(config: dict[str, Any], stage: str, fold: int | str | None, 
             # The tags the fluent API adds (user, source), then ours, the parent and the name.
             tags = registry.resolve_tags({**tags, "mlflow.parentRunId": parent_run_id, "mlflow.runName": name})
             run_ids.append(client.create_run(exp, tags=tags, run_name=name).info.run_id)
+            supersede(exp, tags[STEP_TAG], run_ids[-1])
             client.log_dict(run_ids[-1], config, "config.json")
         yield run_ids
     except BaseException:
@@ -200,8 +257,43 @@ def start_run(config: dict[str, Any], stage: str, fold: int | str | None = None,
     end_stale_runs(exp, all_tags[STEP_TAG], name)
     nested = parent_run_id is not None or mlflow.active_run() is not None
     with mlflow.start_run(experiment_id=exp, run_name=name, tags=all_tags, nested=nested, parent_run_id=parent_run_id) as run:
+        supersede(exp, all_tags[STEP_TAG], run.info.run_id)
         mlflow.log_dict(config, "config.json")
         yield run
+
+
+@contextmanager
+def open_run(config: dict[str, Any], stage: str, fold: int | str | None = None, run_name: str | None = None,
+             parent: dict[str, str] | None = None, tags: dict[str, str] | None = None,
+             resume: str | Path | None = None) -> Iterator[Any]:
+    """:func:`start_run`'s run as a :class:`ferseq.mlflow_outbox.RunLog`: logged through a local journal, so
+    that an unreachable tracking server neither fails nor stalls the step (see :mod:`ferseq.mlflow_outbox`).
+
+    ``parent``: the parent run's reference (``RunLog.ref`` or ``{"run_id": id}``); ``resume``: the journal
+    of an interrupted attempt of this step, whose run goes on (a new run when it is gone). The run ends
+    with the block: FINISHED, KILLED when the step was stopped (``ferseq.resume.Stopped``, Ctrl-C), else FAILED.
+    """
+    from ferseq.mlflow_outbox import RunLog
+    from ferseq.resume import Stopped
+
+    run = (RunLog.resume(resume) if resume else None) or RunLog.create(config, stage, fold, run_name, parent, tags)
+    try:
+        yield run
+    except (Stopped, KeyboardInterrupt):
+        run.end("KILLED")
+        raise
+    except BaseException:
+        run.end("FAILED")
+        raise
+    run.end("FINISHED")
+
+
+def attach_run(config: dict[str, Any], run: dict[str, str], name: str) -> Any:
+    """A :class:`ferseq.mlflow_outbox.RunLog` that logs into an existing run (``run``: ``{"run_id": id}`` or a
+    journal reference), e.g. the selection on the search's parent run; its ``end()`` leaves the run's status."""
+    from ferseq.mlflow_outbox import RunLog
+
+    return RunLog.attach(config, run, name)
 
 
 # MLflow 3's UI shows every experiment as a GenAI one (traces) unless the page is opened with

@@ -23,13 +23,27 @@ class VideoError(FerseqError, RuntimeError):
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """What a probe learns about a video."""
+    """What a probe learns about a video: ``frames`` counted as asked (decoded, or the container's header),
+    and ``header_frames``, the count its header gives (None for an image folder or a header without one)."""
 
     path: str
     frames: int
     fps: float
     width: int
     height: int
+    header_frames: int | None = None
+
+    @property
+    def cut_short(self) -> bool:
+        """Whether decoding stopped before the frame count of the file's header: the file looks damaged."""
+        return self.header_frames is not None and self.frames < self.header_frames
+
+    def frames_text(self) -> str:
+        """The frame count in words, with the header's when decoding stopped before it."""
+        if self.cut_short:
+            return (f"{self.frames} frames decoded, its header gives {self.header_frames}: decoding stopped early, "
+                    "the file looks damaged (or its header is wrong)")
+        return f"{self.frames} frames"
 
 
 def _cv2():
@@ -72,14 +86,16 @@ def probe(path: str | Path, count: str = "decode") -> VideoInfo:
         fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
         width = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
         height = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
-        frames = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        header = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        frames = header
         if count == "decode" or frames <= 0:
             frames = 0
             while cap.grab():
                 frames += 1
         if frames <= 0:
-            raise VideoError(f"{path}: no frame could be decoded")
-        return VideoInfo(str(path), frames, fps, width, height)
+            raise VideoError(f"{path}: no frame could be decoded" + (
+                f" (its header gives {header} frames: the file looks damaged)" if header > 0 else ""))
+        return VideoInfo(str(path), frames, fps, width, height, header if header > 0 else None)
     finally:
         cap.release()
 

@@ -10,9 +10,11 @@ import ferseq.config
 import ferseq.errors
 import ferseq.group_packing
 import ferseq.pretrained
+import ferseq.splits
 import ferseq.tracking
 from ferseq.annotations import planned_videos
 from ferseq.grid import grid, job_outputs, job_points
+from ferseq.predictions import methods as evaluation_methods
 from ferseq.windows import overlaps as windows_overlap
 
 
@@ -82,9 +84,14 @@ def videos():
     return _VIDEOS
 
 
-FOLDS = list(range(config["split"]["k"] if config["split"]["scheme"] == "kfold" else 1))
+# holdout: [0]; kfold: 0..k-1; predefined: the folds of the annotation table's column or split.file, read once here.
+try:
+    FOLDS = ferseq.splits.planned_folds(config)
+except ferseq.errors.FerseqError as err:  # a malformed fold column or split file: its message, not a traceback
+    raise WorkflowError(str(err)) from None
 GRID = grid(config["sequence_model"])
-EVAL_METHODS = ["per_frame", "aggregation", "cnn_lstm", "landmarks", "landmarks_aggregation"]
+# Every evaluated method; the sequence model's row is named by what it reads (windows.features).
+EVAL_METHODS = list(evaluation_methods(config["windows"]["features"]))
 
 
 def weights_file(backbone):
@@ -112,6 +119,9 @@ def final_outputs(wildcards):
         *expand("results/folds/{fold}/windows/counts.csv", fold=FOLDS),
         "results/evaluation/summary.csv",
         "results/evaluation/summary.md",
+        "results/evaluation/per_person.csv",
+        "results/evaluation/per_person.png",
+        "results/evaluation/differences.png",
     ]
 
 

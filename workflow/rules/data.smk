@@ -39,6 +39,8 @@ rule segments:
 rule splits:
     input:
         segments="results/data/segments.parquet",
+        # split.scheme predefined with split.file: the benchmark's folds, one line per video and fold.
+        protocol=[config["split"]["file"]] if config["split"].get("file") else [],
     output:
         splits="results/data/splits.parquet",
         summary=report(
@@ -49,6 +51,7 @@ rule splits:
     params:
         split=config["split"],
         seed=config["seed"],
+        folds=FOLDS,
     log:
         "results/logs/data/splits.log",
     benchmark:

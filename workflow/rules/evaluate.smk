@@ -6,7 +6,7 @@ rule landmark_baseline:
         segments="results/data/segments.parquet",
         splits="results/data/splits.parquet",
     output:
-        model="results/folds/{fold}/landmark_baseline/model.pkl",
+        model="results/folds/{fold}/landmark_baseline/model.json",
         metrics="results/folds/{fold}/landmark_baseline/metrics.json",
     params:
         faces=lambda w: {v: f"results/faces/{v}.parquet" for v in videos()},
@@ -24,12 +24,16 @@ rule landmark_baseline:
         "../scripts/landmark_baseline.py"
 
 
+# Every method's predictions on the fold's test data (frames, windows, segments) first, then every
+# score computed from that file.
 rule evaluate:
     input:
         test="results/folds/{fold}/windows/test.parquet",
         best="results/folds/{fold}/sequence_model/best.json",
-        baseline="results/folds/{fold}/landmark_baseline/model.pkl",
+        baseline="results/folds/{fold}/landmark_baseline/model.json",
+        splits="results/data/splits.parquet",
     output:
+        predictions="results/folds/{fold}/evaluation/predictions.parquet",
         tables=expand(
             "results/folds/{{fold}}/evaluation/{method}.csv", method=EVAL_METHODS
         ),
@@ -47,20 +51,19 @@ rule evaluate:
         "results/benchmarks/folds/{fold}/evaluate.tsv"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=4000,
+        runtime=30,
     conda:
         "../../envs/ferseq.yaml"
     script:
         "../scripts/evaluate.py"
 
 
+# The folds' predictions pooled: scores with subject-bootstrap intervals, paired differences, the verdict.
 rule summary:
     input:
-        tables=expand(
-            "results/folds/{fold}/evaluation/{method}.csv",
-            fold=FOLDS,
-            method=EVAL_METHODS,
+        predictions=expand(
+            "results/folds/{fold}/evaluation/predictions.parquet", fold=FOLDS
         ),
         splits="results/data/split_summary.csv",
     output:
@@ -74,14 +77,33 @@ rule summary:
             caption="../report/summary.rst",
             category="Evaluation",
         ),
+        per_person=report(
+            "results/evaluation/per_person.csv",
+            caption="../report/per_person.rst",
+            category="Evaluation",
+        ),
+        per_person_png=report(
+            "results/evaluation/per_person.png",
+            caption="../report/per_person.rst",
+            category="Evaluation",
+        ),
+        differences_png=report(
+            "results/evaluation/differences.png",
+            caption="../report/differences.rst",
+            category="Evaluation",
+        ),
+    params:
+        resamples=config["evaluation"]["resamples"],
+        confidence=config["evaluation"]["confidence"],
+        seed=config["seed"],
     log:
         "results/logs/evaluation/summary.log",
     benchmark:
         "results/benchmarks/evaluation/summary.tsv"
     threads: 1
     resources:
-        mem_mb=1000,
-        runtime=5,
+        mem_mb=4000,
+        runtime=30,
     conda:
         "../../envs/ferseq.yaml"
     script:

@@ -34,6 +34,9 @@ rule frame_model:
         ),
     params:
         faces=lambda w: {v: f"results/faces/{v}.parquet" for v in videos()},
+        # the training state between attempts (a killed or timed-out job resumes from it); Snakemake
+        # does not delete it on failure, the job removes it when it succeeds
+        resume="results/folds/{fold}/frame_model/.resume",
     log:
         "results/logs/folds/{fold}/frame_model.log",
     benchmark:

@@ -17,7 +17,7 @@ checkpoint import_annotations:
         videos=config["data"]["videos"],
         options={
             key: config["data"]["import"].get(key)
-            for key in ("onset_apex", "subject_regex", "subjects", "subject_from_clip")
+            for key in ("onset_apex", "subject_regex", "subjects", "subject_from_clip", "clips")
         },
         count_frames=config["data"].get("count_frames", "decode"),
     log:

@@ -42,6 +42,8 @@ rule sequence_model:
         points=job_points(config["sequence_model"]),
         # what the models read (embedding, landmarks or both): a change retrains the grid
         features=config["windows"]["features"],
+        # the job's training state between attempts (removed when it succeeds)
+        resume="results/folds/{fold}/sequence_model/{arch}/.resume/h{hidden}",
     log:
         "results/logs/folds/{fold}/sequence_model/{arch}/h{hidden}.log",
     benchmark:

@@ -19,6 +19,10 @@ rule windows:
         overlap=windows_overlap(config["windows"], config["classes"]["names"]),
         missing_face=config["faces"]["missing_face"],
         classes=config["classes"]["names"],
+        sampling=config["windows"]["sampling"],
+        # only uniform sampling draws; with consecutive windows a change of draws reruns nothing
+        draws=config["windows"]["draws"] if config["windows"]["sampling"] == "uniform" else 1,
+        seed=config["seed"],
     log:
         "results/logs/folds/{fold}/windows.log",
     benchmark:

@@ -1,4 +1,4 @@
-"""Rule evaluate: per-frame CNN, frame aggregation, CNN-LSTM and the landmark baseline on the same test windows of a fold."""
+"""Rule evaluate: every method's predictions on a fold's test data, then their scores, tables and confusion plots."""
 from pathlib import Path
 
 from ferseq import evaluate, logs
@@ -8,7 +8,8 @@ with logs.step(snakemake.log[0]):
         snakemake.input.test,
         snakemake.input.best,
         snakemake.input.baseline,
+        snakemake.input.splits,
         snakemake.config,
         int(snakemake.wildcards.fold),
-        Path(snakemake.output.tables[0]).parent,
+        Path(snakemake.output.predictions).parent,
     )

@@ -14,4 +14,5 @@ with logs.step(snakemake.log[0]):
         snakemake.output.model,
         snakemake.output.metrics,
         init_weights=snakemake.input.get("weights") or None,
+        resume_dir=snakemake.params.resume,
     )

@@ -1,4 +1,5 @@
-"""Rule open_search: the fold's parent MLflow run, under which every grid point logs a child run."""
+"""Rule open_search: the fold's parent MLflow run, under which every grid point logs a child run (its id, or
+its journal while the tracking server is away)."""
 from ferseq import logs, search
 
 with logs.step(snakemake.log[0]):

@@ -18,4 +18,5 @@ with logs.step(snakemake.log[0]):
         parent_run_id=Path(snakemake.input.parent).read_text().strip(),
         out_models=snakemake.output.models,
         out_metrics=snakemake.output.metrics,
+        resume_dir=snakemake.params.resume,
     )

@@ -1,4 +1,4 @@
-"""Rule splits: assign each unit (subject, video or segment) to train/val/test per fold."""
+"""Rule splits: assign each unit (subject, video or segment) to train/val/test per fold, or take a benchmark's folds."""
 from ferseq import logs, splits
 
 with logs.step(snakemake.log[0]):
@@ -12,4 +12,7 @@ with logs.step(snakemake.log[0]):
         fractions=split["fractions"],
         k=split["k"],
         seed=snakemake.params.seed,
+        val_fraction=split.get("val_fraction"),
+        split_file=split.get("file"),
+        folds=snakemake.params.folds,
     )

@@ -1,8 +1,15 @@
-"""Rule summary: one row per method over all folds, beside the reference figures."""
-from pathlib import Path
-
-from ferseq import evaluate, logs
+"""Rule summary: the folds' predictions pooled into scores with intervals, paired differences and the verdict."""
+from ferseq import logs, summary
 
 with logs.step(snakemake.log[0]):
-    folds = sorted({str(Path(t).parent) for t in snakemake.input.tables})
-    evaluate.summarize(folds, snakemake.input.splits, snakemake.output.csv, snakemake.output.md)
+    names = ("csv", "md", "per_person", "per_person_png", "differences_png")
+    outputs = {name: snakemake.output[name] for name in names}
+    table = summary.summarize(
+        snakemake.input.predictions,
+        snakemake.input.splits,
+        outputs,
+        resamples=snakemake.params.resamples,
+        seed=snakemake.params.seed,
+        confidence=snakemake.params.confidence,
+    )
+    summary.log_summary(snakemake.config, table, list(outputs.values()))

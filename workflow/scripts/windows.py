@@ -13,4 +13,7 @@ with logs.step(snakemake.log[0]):
         outputs={s: snakemake.output[s] for s in ("train", "val", "test")},
         out_counts=snakemake.output.counts,
         classes=snakemake.params.classes,
+        sampling=snakemake.params.sampling,
+        draws=snakemake.params.draws,
+        seed=snakemake.params.seed,
     )

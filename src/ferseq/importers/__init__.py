@@ -1,11 +1,14 @@
 """Dataset adapters: turn a public dataset's own layout into the annotation table.
 
-One module per format (``ckplus``, ``ravdess``, ``cremad``, ``folders``), each
+One module per format (``ckplus``, ``ravdess``, ``cremad``, ``folders``, and the
+benchmarks ``dfew``, ``mafw``, ``ferv39k``, whose official folds go into the
+table's ``folds`` or ``split`` column: :mod:`ferseq.importers.protocol`), each
 with a module-level ``LABELS`` dict from the dataset's label names to ours
 (:data:`~ferseq.importers.base.EMOTIONS`). :func:`import_dataset` runs one and
 writes the table (``video`` relative to the dataset root, which becomes the
 config's ``data.videos``; ``subject``, ``label``, half-open 0-based
-``start_frame``/``end_frame``, ``group``) plus ``<output>.skipped.csv``: every
+``start_frame``/``end_frame``, ``group``; the benchmarks add ``folds`` or
+``split``, and ``identity_leak``) plus ``<output>.skipped.csv``: every
 path of the dataset folder that was not used, with the reason. Used by
 ``ferseq import`` (:mod:`ferseq.cli`) and by the rule ``import_annotations``.
 """
@@ -16,7 +19,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ferseq.importers import ckplus, cremad, folders, ravdess
+from ferseq.importers import ckplus, cremad, dfew, ferv39k, folders, mafw, ravdess
 from ferseq.importers.base import (
     COLUMNS,
     EMOTIONS,
@@ -33,13 +36,17 @@ __all__ = ["COLUMNS", "EMOTIONS", "FORMATS", "OPTIONS", "DatasetError", "ImportR
 log = logging.getLogger("ferseq.importers")
 
 #: format name -> adapter module (each has ``FORMAT``, ``LABELS``, ``scan`` and ``load``).
-FORMATS = {"ckplus": ckplus, "ravdess": ravdess, "cremad": cremad, "folders": folders}
+FORMATS = {"ckplus": ckplus, "ravdess": ravdess, "cremad": cremad, "folders": folders,
+           "dfew": dfew, "mafw": mafw, "ferv39k": ferv39k}
 #: The options each format takes (besides ``count_frames`` and ``workers``, which all take).
 OPTIONS = {
     "ckplus": ("onset_apex",),
     "ravdess": (),
     "cremad": (),
     "folders": ("subject_regex", "subjects", "subject_from_clip"),
+    "dfew": ("clips",),
+    "mafw": ("clips",),
+    "ferv39k": ("clips",),
 }
 
 

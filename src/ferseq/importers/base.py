@@ -31,7 +31,8 @@ log = logging.getLogger("ferseq.importers")
 COLUMNS = ["video", "subject", "label", "start_frame", "end_frame", "group"]
 SKIPPED_COLUMNS = ["path", "reason"]
 #: Our label names: every adapter maps the dataset's own names onto these.
-EMOTIONS = ("neutral", "anger", "contempt", "disgust", "fear", "happy", "sad", "surprise", "calm")
+EMOTIONS = ("neutral", "anger", "contempt", "disgust", "fear", "happy", "sad", "surprise", "calm",
+            "anxiety", "helplessness", "disappointment")
 #: File suffixes taken for video files where a layout allows any video (OpenCV/FFmpeg decodes them).
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".flv", ".webm", ".mpg", ".mpeg", ".m4v", ".wmv", ".3gp", ".ogv", ".ts", ".mts")
 #: How many skipped paths of one kind the printed report lists (the .skipped.csv lists all).
@@ -63,6 +64,8 @@ class Clip:
     subject: str
     label: str  # already one of our names (or, for folders, the folder name when it is not a known one)
     group: str | None = None
+    #: Values of the scan's extra columns (``Scan.columns``), e.g. a benchmark clip's test folds.
+    extra: tuple[tuple[str, object], ...] = ()
 
 
 @dataclass
@@ -72,6 +75,9 @@ class Scan:
     clips: list[Clip] = field(default_factory=list)
     skipped: list[Skip] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: Columns written after :data:`COLUMNS`, filled from each clip's ``extra``
+    #: (the benchmark importers' ``folds`` or ``split``, and ``identity_leak``).
+    columns: list[str] = field(default_factory=list)
 
     def skip(self, path: str | Path, kind: str, reason: str) -> None:
         self.skipped.append(Skip(str(path), kind, reason))
@@ -179,11 +185,12 @@ def build(format: str, root: Path, scan: Scan, segment: Segmenter = whole, count
         used += 1
         for label, start, end in segments:
             rows.append({"video": clip.video, "subject": clip.subject, "label": label,
-                         "start_frame": start, "end_frame": end, "group": clip.group})
+                         "start_frame": start, "end_frame": end, "group": clip.group, **dict(clip.extra)})
     skipped.sort(key=lambda s: s.path)
     if not rows:
         raise NoUsableClipError(_nothing_message(format, root, skipped))
-    table = pd.DataFrame(rows, columns=COLUMNS).sort_values(["video", "start_frame"], kind="stable").reset_index(drop=True)
+    table = pd.DataFrame(rows, columns=COLUMNS + scan.columns).sort_values(["video", "start_frame"], kind="stable")
+    table = table.reset_index(drop=True)
     table = table.astype({"video": str, "subject": str, "label": str, "start_frame": "int64", "end_frame": "int64"})
     skipped_table = pd.DataFrame([(s.path, s.reason) for s in skipped], columns=SKIPPED_COLUMNS)
     return ImportResult(format, root, table, skipped_table, [s.kind for s in skipped], list(scan.notes), used)
