@@ -1,5 +1,6 @@
 # ferseq: raw face videos -> aligned faces -> frame CNN -> windows -> LSTMs -> evaluation.
-# One include per stage; the rules are thin and call the ferseq package.
+# One rule file per stage, named as the package's stage (src/ferseq/<stage>/); the rules are
+# thin and call it.
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -16,20 +17,13 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
-
-
-if config["data"].get("import"):
-
-    include: "workflow/rules/importers.smk"
-
-
 include: "workflow/rules/data.smk"
 include: "workflow/rules/faces.smk"
 include: "workflow/rules/frame_model.smk"
 include: "workflow/rules/features.smk"
 include: "workflow/rules/sequences.smk"
 include: "workflow/rules/sequence_model.smk"
-include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/evaluation.smk"
 
 
 localrules:
@@ -38,6 +32,6 @@ localrules:
 
 
 rule all:
+    default_target: True
     input:
         final_outputs,
-    default_target: True

@@ -41,7 +41,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from ferseq.videos import iter_frames  # noqa: E402
+from ferseq.data.videos import iter_frames  # noqa: E402
 
 DEMO = REPO / "data" / "demo"
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
@@ -132,7 +132,7 @@ def stage_of(benchmark: Path) -> str:
     if parts[0] == "folds":
         parts = parts[2:]
     if parts[0] == "faces":
-        return {"segments": "faces_segments", "qc": "faces_qc"}.get(parts[1], "faces")
+        return "faces_qc" if parts[1] == "qc" else "faces"
     if parts[0] == "sequence_model":
         return {"open_search": "open_search", "select": "select_sequence_model"}.get(parts[1], "sequence_model")
     return parts[-1] if parts[0] in ("data", "evaluation") else parts[0]

@@ -10,7 +10,7 @@
 2. DAG construction at scale (the default is DFEW's size): a synthetic annotation
    table of ``--videos`` videos (one segment each, 10 videos per subject, classes of the demo) in a
    temporary folder, with an empty placeholder file per video (at DAG time
-   ``planned_videos`` only checks that each exists; nothing is probed), and a
+   ``plan_videos`` only checks that each exists; nothing is probed), and a
    config of the schema's defaults with ``split.scheme: kfold`` and ``split.k:
    --folds`` (so the reference 225-point LSTM grid per fold) and ``frame_model.pretrained:
    false`` (nothing to fetch). The faces batches are planned from the table

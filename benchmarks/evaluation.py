@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ferseq import evaluate, predictions, summary
+from ferseq.evaluation import fold_scores, predictions, summary
 
 
 def synthetic(windows: int, people: int, classes: int, length: int, seed: int = 0):
@@ -80,7 +80,7 @@ def main() -> None:
         started = time.perf_counter()
         ids, probs, classes, names = predictions.read(tmp / "predictions.parquet")
         for method in names:
-            evaluate.level_tables(ids, probs, classes, method)
+            fold_scores.level_tables(ids, probs, classes, method)
         timings["fold tables (read, score)"] = time.perf_counter() - started
 
         split_summary = tmp / "split_summary.csv"

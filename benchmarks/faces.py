@@ -26,8 +26,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from ferseq.faces import extract_faces, make_tracker  # noqa: E402
-from ferseq.videos import iter_frames, probe  # noqa: E402
+from ferseq.data.videos import iter_frames, probe  # noqa: E402
+from ferseq.faces.face_extraction import extract_faces, make_tracker  # noqa: E402
 
 DEFAULT_VIDEO = REPO / "data" / "demo" / "videos" / "woman_sad_to_happy.mp4"
 

@@ -40,7 +40,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from ferseq.videos import iter_frames  # noqa: E402
+from ferseq.data.videos import iter_frames  # noqa: E402
 
 DEMO = REPO / "data" / "demo"
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")

@@ -9,7 +9,7 @@ Without a faces file, the faces stage first makes one from the first
 to reach its speed; e.g. ``--size 224 --batch 256 --loop 20`` there). Then,
 on the same face frames, with the same backbone, input size and batch size:
 
-- stage: :func:`ferseq.features.extract_video` with the model already loaded
+- stage: :func:`ferseq.features.feature_extraction.extract_video` with the model already loaded
   (as the pipeline loads it: channels_last on CUDA): read the Parquet file,
   decode and resize the crops (OpenCV in DataLoader workers on the CPU; on
   CUDA nvJPEG in one batch per row group, ``--decode`` overrides), normalise,
@@ -44,9 +44,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from ferseq import crops  # noqa: E402
-from ferseq.features import extract_video  # noqa: E402
-from ferseq.frame_model import FrameModel, autocast, default_device, to_device  # noqa: E402
+from ferseq.features.feature_extraction import extract_video  # noqa: E402
+from ferseq.frame_model import crops  # noqa: E402
+from ferseq.frame_model.network import FrameModel, autocast, default_device, to_device  # noqa: E402
 
 DEFAULT_VIDEO = REPO / "data" / "demo" / "videos" / "woman_sad_to_happy.mp4"
 CLASSES = ["neutral", "happy", "sad", "pensive"]
@@ -54,7 +54,10 @@ CLASSES = ["neutral", "happy", "sad", "pensive"]
 
 def make_faces(video: Path, frames: int, folder: Path) -> Path:
     """A faces file of the first ``frames`` frames of ``video`` (one segment)."""
-    from ferseq.faces import DEFAULTS, extract_faces  # dlib: not needed (nor installed) where a faces file is given
+    from ferseq.faces.face_extraction import (  # dlib: not needed (nor installed) where a faces file is given
+        DEFAULTS,
+        extract_faces,
+    )
 
     segments = pd.DataFrame([(1, "neutral", 0, frames)], columns=["segment_id", "label", "start", "end"])
     out = folder / "faces.parquet"

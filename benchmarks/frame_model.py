@@ -8,13 +8,13 @@ Without a faces file, the faces stage first makes one from the first
 with the same model, batch size and input size:
 
 - loop: one epoch of the pipeline's training loop
-  (:func:`ferseq.frame_model.train_epoch`) over ``--batches`` batches of
-  :func:`ferseq.frame_model.frame_batches` (the face crops cycled as needed,
+  (:func:`ferseq.frame_model.training.train_epoch`) over ``--batches`` batches of
+  :func:`ferseq.frame_model.training.frame_batches` (the face crops cycled as needed,
   shuffled and augmented; decoded by OpenCV in DataLoader workers on the CPU,
   on CUDA in batches by nvJPEG with augmentation as tensor ops, ``--decode``
   overrides), the model placed as the pipeline places it (channels_last on
   CUDA), weighted cross entropy, Adam;
-- bare: as many of the pipeline's train steps (:func:`ferseq.frame_model.train_step`: autocast, weighted
+- bare: as many of the pipeline's train steps (:func:`ferseq.frame_model.training.train_step`: autocast, weighted
   cross entropy, backward, Adam step) of the same model on the same crops,
   decoded beforehand and already on the device as uint8 batches (pure model
   time, an upper bound), in both memory layouts: default and channels_last.
@@ -45,10 +45,10 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from features import CLASSES, DEFAULT_VIDEO, make_faces  # noqa: E402  (benchmarks/features.py)
-from ferseq import crops  # noqa: E402
-from ferseq.device_crops import decode_on_device  # noqa: E402
-from ferseq.frame_model import (FrameModel, class_weights, default_device, frame_batches,  # noqa: E402
-                                optimizer_for, settings, to_device, train_epoch, train_step)
+from ferseq.frame_model import crops  # noqa: E402
+from ferseq.frame_model.device_crops import decode_on_device  # noqa: E402
+from ferseq.frame_model.network import FrameModel, default_device, settings, to_device  # noqa: E402
+from ferseq.frame_model.training import class_weights, frame_batches, optimizer_for, train_epoch, train_step  # noqa: E402
 
 
 def sync(dev: torch.device) -> None:

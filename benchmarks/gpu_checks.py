@@ -40,7 +40,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from ferseq import crops, device_crops, features, frame_model, fused_lstm, sequence_model  # noqa: E402
+from ferseq.features import feature_extraction
+from ferseq.frame_model import crops, device_crops, network, training
+from ferseq.sequence_model import classifier, fused_lstm  # noqa: E402
 
 CLASSES = ["neutral", "happy", "sad", "pensive"]
 failures = 0
@@ -70,14 +72,14 @@ def check_decoding(faces: Path, dev: torch.device) -> None:
 
 def check_features(faces: Path, dev: torch.device, folder: Path) -> None:
     torch.manual_seed(0)
-    model = frame_model.FrameModel("legacy_xception", CLASSES, input_size=96).eval()
+    model = network.FrameModel("legacy_xception", CLASSES, input_size=96).eval()
     segments = pq.read_table(faces, columns=["segment_id"]).column("segment_id").unique().to_pylist()
     labels = {segment: CLASSES[0] for segment in segments}
     outputs = {}
     for name, device, decode in (("cpu", torch.device("cpu"), "workers"), (str(dev), dev, "device")):
         out = folder / f"features_{name}.parquet"
         started = time.perf_counter()
-        stats = features.extract_video(frame_model.to_device(model, device), faces, labels, out, video_id="clip",
+        stats = feature_extraction.extract_video(network.to_device(model, device), faces, labels, out, video_id="clip",
                                        batch_size=64, num_workers=2, decode=decode)
         print(f"  features on {name}: {stats['frames']} frames in {time.perf_counter() - started:.1f} s", flush=True)
         outputs[name] = {c: np.stack(pq.read_table(out, columns=[c]).column(c).to_numpy(zero_copy_only=False))
@@ -94,19 +96,19 @@ def check_features(faces: Path, dev: torch.device, folder: Path) -> None:
 def check_training(faces: Path, dev: torch.device) -> None:
     table = crops.face_rows(pq.read_table(faces, columns=["face_found", "crop"])).slice(0, 128)
     labels = np.arange(table.num_rows) % len(CLASSES)
-    cfg = {**frame_model.settings({"frame_model": {"backbone": "legacy_xception", "input_size": 96,
+    cfg = {**network.settings({"frame_model": {"backbone": "legacy_xception", "input_size": 96,
                                                     "batch_size": 32, "inference_batch_size": 64}}), "augment": True}
     torch.manual_seed(0)
-    model = frame_model.to_device(frame_model.FrameModel("legacy_xception", CLASSES, input_size=96), dev)
+    model = network.to_device(network.FrameModel("legacy_xception", CLASSES, input_size=96), dev)
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    weights = frame_model.class_weights(np.bincount(labels, minlength=len(CLASSES)), CLASSES).to(dev)
-    optimizer = frame_model.optimizer_for(model, 1e-3, dev)
+    weights = training.class_weights(np.bincount(labels, minlength=len(CLASSES)), CLASSES).to(dev)
+    optimizer = training.optimizer_for(model, 1e-3, dev)
     generator = torch.Generator().manual_seed(0)
-    batches = frame_model.frame_batches(table["crop"], labels, cfg, dev, generator, on_device=True)
-    losses = [frame_model.train_epoch(model, batches, optimizer, weights, dev) for _ in range(2)]
+    batches = training.frame_batches(table["crop"], labels, cfg, dev, generator, on_device=True)
+    losses = [training.train_epoch(model, batches, optimizer, weights, dev) for _ in range(2)]
     changed = any(not torch.equal(before[k], v) for k, v in model.state_dict().items() if v.is_floating_point())
     # evaluation decodes inside the model's autocast: its pixels must be the float32 ones
-    val_loss, preds, _ = frame_model.evaluate(model, frame_model.frame_batches(table["crop"], labels, cfg, dev,
+    val_loss, preds, _ = training.evaluate(model, training.frame_batches(table["crop"], labels, cfg, dev,
                                                                                on_device=True), weights, dev)
     report(f"frame-model training on {dev}, crops decoded and augmented there",
            all(np.isfinite(loss) for loss in losses) and changed and np.isfinite(val_loss) and len(preds) == len(labels),
@@ -128,12 +130,12 @@ def check_fused_grid(dev: torch.device) -> None:
     for arch in ("lstm", "lstm2", "bilstm"):
         results = fused_lstm.train_points(tx, ty, vx, vy, arch=arch, hidden=16, points=points, order_seed=3,
                                           device=dev, **common)
-        alone = sequence_model.train(tx, ty, vx, vy, arch=arch, lr=0.01, hidden=16, dropout=0.0, seed=3, **common)
+        alone = classifier.train(tx, ty, vx, vy, arch=arch, lr=0.01, hidden=16, dropout=0.0, seed=3, **common)
         fused_curve = np.array([h["val_loss"] for h in results[0].history])
         alone_curve = np.array([h["val_loss"] for h in alone.history])
         rel = float(np.abs(fused_curve - alone_curve).max() / alone_curve.max()) if len(fused_curve) == len(alone_curve) else 1.0
         trained = all(r.history[-1]["train_loss"] < r.history[0]["train_loss"] for r in results)
-        model = sequence_model.SequenceClassifier(arch, 32, 16, 3, 0.0)
+        model = classifier.SequenceClassifier(arch, 32, 16, 3, 0.0)
         model.load_state_dict(results[1].state_dict)
         report(f"fused {arch} grid on {dev}", trained and rel < 1e-2,
                f"{len(points)} points trained; dropout-free point vs alone on the CPU: val loss max rel diff {rel:.2e}")

@@ -55,8 +55,8 @@ def child(stage: str, video: Path, folder: Path, size: int, batch: int, workers:
     """Run one stage on the whole clip in this process; print its frame count and peak RSS as JSON."""
     import pandas as pd
 
-    from ferseq.faces import DEFAULTS, extract_faces
-    from ferseq.videos import probe
+    from ferseq.data.videos import probe
+    from ferseq.faces.face_extraction import DEFAULTS, extract_faces
 
     frames = probe(video).frames
     faces = folder / f"{video.stem}.faces.parquet"
@@ -66,8 +66,8 @@ def child(stage: str, video: Path, folder: Path, size: int, batch: int, workers:
     else:
         import torch
 
-        from ferseq.features import extract_video
-        from ferseq.frame_model import FrameModel, to_device
+        from ferseq.features.feature_extraction import extract_video
+        from ferseq.frame_model.network import FrameModel, to_device
 
         torch.set_num_threads(2)
         model = to_device(FrameModel("legacy_xception", CLASSES, input_size=size), "cpu").eval()  # as the stage loads it

@@ -22,8 +22,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from ferseq import predict, search  # noqa: E402
-from ferseq.frame_model import load_frame_model  # noqa: E402
+from ferseq.apply import predict
+from ferseq.frame_model.network import load_frame_model  # noqa: E402
+from ferseq.sequence_model import grid_search  # noqa: E402
 
 CLIP = REPO / "data" / "demo" / "videos" / "woman_sad_to_happy.mp4"
 
@@ -37,7 +38,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     bundle = predict.load_run(args.run)
     model = load_frame_model(bundle.frame_model, "cpu")
-    sequence = search.load_model(bundle.sequence_model)[0]
+    sequence = grid_search.load_model(bundle.sequence_model)[0]
     rates = []
     for _ in range(args.repeat):
         with tempfile.TemporaryDirectory() as out:

@@ -11,10 +11,10 @@ schema's reference defaults (3 architectures x 5 lr x 3 hidden x 5 dropout =
 225 points in 9 jobs of 25, up to 200 epochs, patience 10).
 
 1. Grid (real windows only): the whole grid trained as the pipeline trains it,
-   each job's 25 points together (:func:`ferseq.fused_lstm.train_points`, one
+   each job's 25 points together (:func:`ferseq.sequence_model.fused_lstm.train_points`, one
    torch thread a job), the jobs in ``--workers`` processes that each read the
    windows once; the figure is the wall time. ``--compare`` also trains every
-   point alone, one after another (:func:`ferseq.sequence_model.train`, the
+   point alone, one after another (:func:`ferseq.sequence_model.classifier.train`, the
    code before the fused trainer), in the same workers: the before figure.
 2. Start-up (real windows, with MLflow installed): what a grid job does
    besides training, in fresh processes (median of 3), and its share of the
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import math
 import multiprocessing as mp
 import statistics
 import subprocess
@@ -50,7 +49,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from ferseq import fused_lstm, search, sequence_model  # noqa: E402
+from ferseq.sequence_model import classifier, fused_lstm, grid_search  # noqa: E402
 
 CLASSES = ["neutral", "happy", "sad", "pensive"]
 PROJECTED_EPOCHS = 30
@@ -58,12 +57,13 @@ STARTUP = """
 import sys
 sys.path.insert(0, {src!r})
 import mlflow, snakemake.script, torch
-from ferseq import fused_lstm, search, tracking
-search.load_split({train!r}, {classes!r}); search.load_split({val!r}, {classes!r})
+from ferseq.sequence_model import fused_lstm, grid_search
+from ferseq.common import mlflow_runs
+grid_search.load_split({train!r}, {classes!r}); grid_search.load_split({val!r}, {classes!r})
 config = {{"experiment": "startup", "mlflow": {{"tracking_uri": "sqlite:///{tmp}/mlflow.db"}}}}
-with tracking.start_run(config, "sequence_search", fold=0) as parent:
+with mlflow_runs.start_run(config, "sequence_search", fold=0) as parent:
     pass
-with tracking.open_child_runs(config, "sequence_model", 0, ["lstm-a", "lstm-b"], parent.info.run_id):
+with mlflow_runs.open_child_runs(config, "sequence_model", 0, ["lstm-a", "lstm-b"], parent.info.run_id):
     pass
 """
 
@@ -89,8 +89,8 @@ _DATA: dict = {}
 
 def _load(windows: str) -> None:
     torch.set_num_threads(1)
-    _DATA["train"] = search.load_split(Path(windows) / "train.parquet", CLASSES)
-    _DATA["val"] = search.load_split(Path(windows) / "val.parquet", CLASSES)
+    _DATA["train"] = grid_search.load_split(Path(windows) / "train.parquet", CLASSES)
+    _DATA["val"] = grid_search.load_split(Path(windows) / "val.parquet", CLASSES)
 
 
 def _train_job(job: tuple, cfg: dict) -> tuple[float, float, list[int]]:
@@ -108,7 +108,7 @@ def _train_alone(point: tuple, cfg: dict) -> tuple[float, float, int]:
     """Train one point alone, as before the fused trainer; its seconds, CPU seconds and epochs."""
     arch, lr, hidden, dropout = point
     started, cpu = time.perf_counter(), time.process_time()
-    result = sequence_model.train(*_DATA["train"], *_DATA["val"], arch=arch, lr=lr, hidden=hidden, dropout=dropout,
+    result = classifier.train(*_DATA["train"], *_DATA["val"], arch=arch, lr=lr, hidden=hidden, dropout=dropout,
                                   num_classes=len(CLASSES), epochs=cfg["epochs"], patience=cfg["patience"],
                                   batch_size=cfg["batch_size"], seed=42)
     return time.perf_counter() - started, time.process_time() - cpu, len(result.history)
@@ -161,7 +161,7 @@ def alone_epoch_seconds(arch: str, hidden: int, train: tuple, val: tuple, cfg: d
     y = torch.tensor(train[1][:steps * batch], device=device)
     vx = torch.tensor(val[0][:max(1, steps * batch * len(val[0]) // len(train[0]))], device=device)
     torch.manual_seed(0)
-    model = sequence_model.SequenceClassifier(arch, x.shape[2], hidden, num_classes, 0.5).to(device)
+    model = classifier.SequenceClassifier(arch, x.shape[2], hidden, num_classes, 0.5).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.001)
     criterion = torch.nn.CrossEntropyLoss()
 

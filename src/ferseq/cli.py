@@ -1,11 +1,11 @@
 """The ``ferseq`` command (also ``python -m ferseq``).
 
 ``ferseq import <format> <path> -o annotations.csv`` turns a public dataset's
-own layout into the annotation table (see :mod:`ferseq.importers`);
+own layout into the annotation table (see :mod:`ferseq.data.importers`);
 ``ferseq ui`` opens the MLflow UI on a config's runs; ``ferseq mlflow sync`` sends
 what jobs kept while their tracking server was away; ``ferseq predict`` applies
 a trained model to new videos and ``ferseq export`` bundles one for another
-machine (see :mod:`ferseq.predict`). Errors a user can cause print one message,
+machine (see :mod:`ferseq.apply.predict`). Errors a user can cause print one message,
 no traceback, and exit with status 2.
 """
 
@@ -16,8 +16,9 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from ferseq import importers, logs
-from ferseq.errors import FerseqError
+from ferseq.common import logs
+from ferseq.common.errors import FerseqError
+from ferseq.data import importers
 
 EXIT_USER_ERROR = 2
 
@@ -149,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "mlflow":
             return _mlflow_sync(args)
         if args.command == "export":
-            from ferseq import predict
+            from ferseq.apply import predict
 
             out = predict.export(args.run, args.output, args.fold)
             print(f"bundle written to {out} (what it is: {out / 'MODEL_CARD.md'})", file=sys.stderr)
@@ -173,26 +174,26 @@ def _ui(args: argparse.Namespace) -> int:
 
     import yaml
 
-    from ferseq import tracking
+    from ferseq.common import mlflow_runs
 
     path = Path(args.config)
     if not path.is_file():
         raise FerseqError(f"--config: {path} does not exist")
     config = yaml.safe_load(path.read_text()) or {}
-    uri = config.get("mlflow", {}).get("tracking_uri", tracking.DEFAULT_URI)
-    if not tracking.is_local_store(config):
-        print(f"runs of {config.get('experiment', 'ferseq')}: {tracking.runs_url(config, uri)}")
+    uri = config.get("mlflow", {}).get("tracking_uri", mlflow_runs.DEFAULT_URI)
+    if not mlflow_runs.is_local_store(config):
+        print(f"runs of {config.get('experiment', 'ferseq')}: {mlflow_runs.runs_url(config, uri)}")
         return 0
-    if not tracking._sqlite_path(uri).is_file():
+    if not mlflow_runs._sqlite_path(uri).is_file():
         raise FerseqError(f"mlflow.tracking_uri: {uri} has no store yet; run the workflow first")
-    print(f"runs of {config.get('experiment', 'ferseq')}: {tracking.runs_url(config, f'http://{args.host}:{args.port}')}",
+    print(f"runs of {config.get('experiment', 'ferseq')}: {mlflow_runs.runs_url(config, f'http://{args.host}:{args.port}')}",
           flush=True)
     return subprocess.call([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
                             "--host", args.host, "--port", str(args.port)])
 
 
 def _mlflow_sync(args: argparse.Namespace) -> int:
-    from ferseq import mlflow_outbox
+    from ferseq.common import mlflow_outbox
 
     sent, pending = mlflow_outbox.sync(args.folders, wait=args.wait)
     print(f"MLflow: {len(sent)} run journal(s) sent in full, {len(pending)} still pending", file=sys.stderr)
@@ -200,7 +201,7 @@ def _mlflow_sync(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from ferseq import predict
+    from ferseq.apply import predict
 
     results, failed = predict.predict_many(args.videos, args.run, args.output, fold=args.fold, stride=args.stride,
                                            min_segment=args.min_segment, annotate=args.annotate, device=args.device,

@@ -5,89 +5,151 @@ from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 from snakemake.utils import validate
 
-import ferseq.cluster
-import ferseq.config
-import ferseq.errors
-import ferseq.group_packing
-import ferseq.pretrained
-import ferseq.splits
-import ferseq.tracking
-from ferseq.annotations import planned_videos
-from ferseq.grid import grid, job_outputs, job_points
-from ferseq.predictions import methods as evaluation_methods
-from ferseq.windows import overlaps as windows_overlap
-
+import ferseq.common.cluster
+import ferseq.common.config
+import ferseq.common.errors
+import ferseq.common.mlflow_runs
+import ferseq.data.splits
+import ferseq.faces.batch_plan
+import ferseq.frame_model.pretrained_weights
+from ferseq.evaluation.predictions import methods as evaluation_methods
+from ferseq.sequence_model.grid_plan import grid, job_outputs, job_points
+from ferseq.sequences.windows import overlaps as windows_overlap
 
 SCHEMAS = Path(workflow.basedir) / "workflow" / "schemas"
-
-# The SLURM profile packs a fold's grid jobs 3 to a SLURM job (group-components); Snakemake 9.27
-# packs them again, unevenly, when a checkpoint makes it build the DAG twice (ferseq.group_packing).
-ferseq.group_packing.apply()
 
 try:
     validate(config, "../schemas/config.schema.yaml")
 except WorkflowError:
-    raise WorkflowError(ferseq.config.explain(config, SCHEMAS / "config.schema.yaml")) from None
-ferseq.config.check(config)
+    raise WorkflowError(
+        ferseq.common.config.explain(config, SCHEMAS / "config.schema.yaml")
+    ) from None
+ferseq.common.config.check(config)
 
 # frame_model.pretrained: true is the reference (ImageNet weights). Checked once, in the
 # process that plans the DAG, so an offline run without the weights stops before any job;
 # the jobs themselves (on nodes without network) only read the weights file.
 if config["frame_model"]["pretrained"] is True and workflow.is_main_process:
     try:
-        _source = ferseq.pretrained.check_obtainable(
+        _source = ferseq.frame_model.pretrained_weights.check_obtainable(
             config["frame_model"]["backbone"], config["frame_model"]["weights_dir"]
         )
-    except ferseq.errors.ConfigError as err:
+    except ferseq.common.errors.ConfigError as err:
         raise WorkflowError(str(err)) from None
     logger.info(f"frame_model.pretrained: ImageNet weights from {_source}")
 
+
 onstart:
     # Jobs on many nodes writing one sqlite file over a shared filesystem can corrupt it.
-    if workflow.non_local_exec and ferseq.tracking.is_local_store(config):
+    if workflow.non_local_exec and ferseq.common.mlflow_runs.is_local_store(config):
         logger.warning(
             "mlflow.tracking_uri is a local sqlite store but jobs run on a cluster: "
             "set it to an `mlflow server` URI (http://host:port, see README, 'Running on a cluster')"
         )
     # A SLURM job bigger than every node of its partition would pend forever: refuse before submitting.
-    if workflow.non_local_exec and (nodes := ferseq.cluster.cluster_nodes()):
+    if workflow.non_local_exec and (nodes := ferseq.common.cluster.cluster_nodes()):
         try:
-            ferseq.cluster.check(ferseq.cluster.requests_from_dag(workflow.dag, workflow.parent_groupids), nodes)
-        except ferseq.cluster.ClusterError as err:
+            ferseq.common.cluster.check(
+                ferseq.common.cluster.requests_from_dag(
+                    workflow.dag, workflow.parent_groupids
+                ),
+                nodes,
+            )
+        except ferseq.common.cluster.ClusterError as err:
             raise WorkflowError(str(err)) from None
 
 
-_VIDEOS = {}
+def plan_faces():
+    """The planned videos and faces batches, from the annotation table read once here; None while
+    data.import has not written the table yet (the first run imports it and runs the data stage).
+    """
+    table = Path(config["data"]["annotations"])
+    if config["data"].get("import") and not table.exists():
+        if workflow.is_main_process:
+            logger.warning(
+                f"data.annotations ({table}) does not exist yet: this run imports it and runs the "
+                "data stage; run the same command again for the rest (the faces stage is planned "
+                "from that table)"
+            )
+        return None
+    try:
+        return ferseq.faces.batch_plan.plan_from_config(
+            config, SCHEMAS / "annotations.schema.yaml"
+        )
+    except (
+        ferseq.common.errors.FerseqError
+    ) as err:  # a malformed table: its message, not a traceback
+        raise WorkflowError(str(err)) from None
+
+
+FACES_PLAN = plan_faces()
+# Each batch's plan file, rewritten here when its content changed, by the process that plans the
+# DAG (not by cluster jobs): a faces batch's only input (faces.smk).
+FACES_PLANS = "results/faces/batches"
+if FACES_PLAN and workflow.is_main_process:
+    ferseq.faces.batch_plan.write_plans(FACES_PLAN, FACES_PLANS)
+# The table as it was planned from: with data.import, a rerun of the import in this run changes it.
+_PLANNED_TABLE = (
+    Path(config["data"]["annotations"]).stat().st_mtime_ns if FACES_PLAN else None
+)
+# The faces settings that shape the outputs, a parameter of each batch, so changing one reruns
+# the batches. Not among them (ferseq.faces.batch_plan.NOT_IN_OUTPUT): missing_face, batch_frames
+# and skip_faceless_videos.
+FACES_SETTINGS = {
+    k: v
+    for k, v in config["faces"].items()
+    if k not in ferseq.faces.batch_plan.NOT_IN_OUTPUT
+}
 
 
 def videos():
-    """``video_id -> video`` of the planned videos, read from the annotation table once.
+    """``video_id -> video`` of the planned videos (FACES_PLAN), built without probing any video.
 
-    Built without probing any video, so the DAG stays cheap to construct; the
-    data stage validates every row before any job uses it. With ``data.import``
-    the table is itself a DAG output (checkpoint import_annotations).
+    The data stage validates every row before any job uses it. With ``data.import`` the table
+    is itself a DAG output (checkpoint import_annotations): when the import runs again in this
+    run, the plan made from the earlier table no longer holds, and the run stops.
     """
-    if not _VIDEOS:
-        if config["data"].get("import"):
-            checkpoints.import_annotations.get()
-        try:
-            planned = planned_videos(
-                config["data"]["annotations"],
-                config["data"]["videos"],
-                config["classes"],
-                config["data"]["min_segment_frames"],
+    table = config["data"]["annotations"]
+    if FACES_PLAN is None:
+        raise WorkflowError(
+            f"data.annotations ({table}) did not exist when this run started, so the faces stage "
+            "is not planned: run the import (results/data/segments.parquet), then the same command again"
+        )
+    if config["data"].get("import"):
+        checkpoints.import_annotations.get()
+        if Path(table).stat().st_mtime_ns != _PLANNED_TABLE:
+            raise WorkflowError(
+                f"data.annotations ({table}) was imported again after this run planned the faces "
+                "batches: run the same command again"
             )
-        except ferseq.errors.FerseqError as err:  # a malformed table: its message, not a traceback
-            raise WorkflowError(str(err)) from None
-        check_faces_plan(planned)  # every video is in a faces batch (faces.smk)
-        _VIDEOS.update(planned)
-    return _VIDEOS
+    return {vid: planned.video for vid, planned in FACES_PLAN.videos.items()}
 
 
-# holdout: [0]; kfold: 0..k-1; predefined: the folds of the annotation table's column or split.file, read once here.
+def faces_qc_tables(wildcards):
+    """The QC table of every faces batch."""
+    videos()  # stops with a message if the plan does not hold
+    return [
+        f"results/faces/batches/{batch.name}.qc.csv" for batch in FACES_PLAN.batches
+    ]
+
+
+def faces_inputs(wildcards):
+    """The input to declare for the faces files (results/faces/{video}.parquet) a later stage reads:
+    the QC table of every faces batch, written after all of the batch's faces files. One file per
+    batch instead of one per video keeps a large corpus's DAG small: Snakemake looks up the
+    producer of every input of every job (16,000 videos x 3 rules x 10 folds otherwise).
+    """
+    return faces_qc_tables(wildcards)
+
+
+# holdout: [0]; kfold: 0..k-1; predefined: the folds of the annotation table's column (the table
+# FACES_PLAN read) or of split.file.
 try:
-    FOLDS = ferseq.splits.planned_folds(config)
-except ferseq.errors.FerseqError as err:  # a malformed fold column or split file: its message, not a traceback
+    FOLDS = ferseq.data.splits.planned_folds(
+        config, FACES_PLAN.table.table if FACES_PLAN else None
+    )
+except ferseq.common.errors.FerseqError as err:
+    # a malformed fold column or split file: its message, not a traceback
     raise WorkflowError(str(err)) from None
 GRID = grid(config["sequence_model"])
 # Every evaluated method; the sequence model's row is named by what it reads (windows.features).
@@ -96,7 +158,11 @@ EVAL_METHODS = list(evaluation_methods(config["windows"]["features"]))
 
 def weights_file(backbone):
     """The backbone weights file that rule pretrained_weights writes."""
-    return str(ferseq.pretrained.weights_path(config["frame_model"]["weights_dir"], backbone))
+    return str(
+        ferseq.frame_model.pretrained_weights.weights_path(
+            config["frame_model"]["weights_dir"], backbone
+        )
+    )
 
 
 def pretrained_weights_input(wildcards):
@@ -108,8 +174,12 @@ def pretrained_weights_input(wildcards):
 
 def final_outputs(wildcards):
     """The targets of the whole workflow; each stage adds its final outputs."""
-    if FACES_BATCHES is None:  # data.import, first run: the rest is planned from its table (faces.smk)
-        return ["results/data/segments.parquet", "results/data/splits.parquet", "results/data/split_summary.csv"]
+    if FACES_PLAN is None:  # data.import, first run: the rest is planned from its table
+        return [
+            "results/data/segments.parquet",
+            "results/data/splits.parquet",
+            "results/data/split_summary.csv",
+        ]
     return [
         "results/data/segments.parquet",
         "results/data/splits.parquet",

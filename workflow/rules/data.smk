@@ -1,3 +1,51 @@
+# Data: the annotation table (or a public dataset's own layout, with data.import) becomes the
+# validated segments and the splits of every fold.
+
+
+# Write data.annotations from a public dataset's own layout (config block data.import;
+# `ferseq import` does the same from the command line). A checkpoint, so that the later stages
+# are planned from the table once it exists (checkpoints.import_annotations.get(), common.smk).
+if config["data"].get("import"):
+
+    checkpoint import_annotations:
+        input:
+            # The subjects table of the folders format, when one is given.
+            [config["data"]["import"]["subjects"]]
+            if config["data"]["import"].get("subjects")
+            else [],
+        output:
+            annotations=config["data"]["annotations"],
+            skipped=config["data"]["annotations"] + ".skipped.csv",
+        log:
+            "results/logs/data/import_annotations.log",
+        benchmark:
+            "results/benchmarks/data/import_annotations.tsv"
+        conda:
+            "../../envs/ferseq.yaml"
+        # Clips are probed (frames counted) in parallel threads.
+        threads: 4
+        resources:
+            mem_mb=2000,
+            runtime=120,
+        params:
+            format=config["data"]["import"]["format"],
+            path=config["data"]["import"].get("path") or config["data"]["videos"],
+            videos=config["data"]["videos"],
+            options={
+                key: config["data"]["import"].get(key)
+                for key in (
+                    "onset_apex",
+                    "subject_regex",
+                    "subjects",
+                    "subject_from_clip",
+                    "clips",
+                )
+            },
+            count_frames=config["data"].get("count_frames", "decode"),
+        script:
+            "../scripts/import_annotations.py"
+
+
 rule segments:
     input:
         annotations=config["data"]["annotations"],
@@ -15,6 +63,16 @@ rule segments:
             caption="../report/class_counts.rst",
             category="Data",
         ),
+    log:
+        "results/logs/data/segments.log",
+    benchmark:
+        "results/benchmarks/data/segments.tsv"
+    conda:
+        "../../envs/ferseq.yaml"
+    threads: 2
+    resources:
+        mem_mb=2000,
+        runtime=30,
     params:
         videos=config["data"]["videos"],
         classes=config["classes"],
@@ -22,16 +80,6 @@ rule segments:
         max_segment_frames=config["data"]["max_segment_frames"],
         strict=config["data"]["strict"],
         count_frames=config["data"]["count_frames"],
-    log:
-        "results/logs/data/segments.log",
-    benchmark:
-        "results/benchmarks/data/segments.tsv"
-    threads: 2
-    resources:
-        mem_mb=2000,
-        runtime=30,
-    conda:
-        "../../envs/ferseq.yaml"
     script:
         "../scripts/segments.py"
 
@@ -48,19 +96,19 @@ rule splits:
             caption="../report/split_summary.rst",
             category="Data",
         ),
-    params:
-        split=config["split"],
-        seed=config["seed"],
-        folds=FOLDS,
     log:
         "results/logs/data/splits.log",
     benchmark:
         "results/benchmarks/data/splits.tsv"
+    conda:
+        "../../envs/ferseq.yaml"
     threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        "../../envs/ferseq.yaml"
+    params:
+        split=config["split"],
+        seed=config["seed"],
+        folds=FOLDS,
     script:
         "../scripts/splits.py"

@@ -10,19 +10,19 @@ rule features:
         segments="results/data/segments.parquet",
     output:
         directory("results/folds/{fold}/features"),
-    params:
-        faces=lambda w: {v: f"results/faces/{v}.parquet" for v in videos()},
     log:
         "results/logs/folds/{fold}/features.log",
     benchmark:
         "results/benchmarks/folds/{fold}/features.tsv"
+    conda:
+        "../../envs/ferseq.yaml"
     # the main process and its frame_model.num_workers loader workers (sbatch --cpus-per-task)
     threads: config["frame_model"]["num_workers"] + 1
     resources:
         mem_mb=4000,
         runtime=720,
         gpu=1,
-    conda:
-        "../../envs/ferseq.yaml"
+    params:
+        faces=lambda w: {v: f"results/faces/{v}.parquet" for v in videos()},
     script:
         "../scripts/features.py"

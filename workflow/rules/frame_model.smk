@@ -8,12 +8,12 @@ rule pretrained_weights:
         "results/logs/pretrained_weights/{backbone}.log",
     benchmark:
         "results/benchmarks/pretrained_weights/{backbone}.tsv"
+    conda:
+        "../../envs/ferseq.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
-    conda:
-        "../../envs/ferseq.yaml"
     script:
         "../scripts/pretrained_weights.py"
 
@@ -32,22 +32,22 @@ rule frame_model:
             category="Frame model",
             subcategory="fold {fold}",
         ),
-    params:
-        faces=lambda w: {v: f"results/faces/{v}.parquet" for v in videos()},
-        # the training state between attempts (a killed or timed-out job resumes from it); Snakemake
-        # does not delete it on failure, the job removes it when it succeeds
-        resume="results/folds/{fold}/frame_model/.resume",
     log:
         "results/logs/folds/{fold}/frame_model.log",
     benchmark:
         "results/benchmarks/folds/{fold}/frame_model.tsv"
+    conda:
+        "../../envs/ferseq.yaml"
     # the main process and its frame_model.num_workers loader workers (sbatch --cpus-per-task)
     threads: config["frame_model"]["num_workers"] + 1
     resources:
         mem_mb=8000,
         runtime=720,
         gpu=1,
-    conda:
-        "../../envs/ferseq.yaml"
+    params:
+        faces=lambda w: {v: f"results/faces/{v}.parquet" for v in videos()},
+        # the training state between attempts (a killed or timed-out job resumes from it); Snakemake
+        # does not delete it on failure, the job removes it when it succeeds
+        resume="results/folds/{fold}/frame_model/.resume",
     script:
         "../scripts/frame_model.py"

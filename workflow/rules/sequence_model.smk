@@ -1,4 +1,4 @@
-from ferseq.grid import gpu_resources, uses_gpu
+from ferseq.sequence_model.grid_plan import gpu_resources, uses_gpu
 
 
 rule open_search:
@@ -11,12 +11,12 @@ rule open_search:
         "results/logs/folds/{fold}/sequence_model/open_search.log",
     benchmark:
         "results/benchmarks/folds/{fold}/sequence_model/open_search.tsv"
+    conda:
+        "../../envs/ferseq.yaml"
     threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        "../../envs/ferseq.yaml"
     script:
         "../scripts/open_search.py"
 
@@ -38,12 +38,6 @@ rule sequence_model:
             config["sequence_model"],
             "results/folds/{{fold}}/sequence_model/{{arch}}/{point}.json",
         ),
-    params:
-        points=job_points(config["sequence_model"]),
-        # what the models read (embedding, landmarks or both): a change retrains the grid
-        features=config["windows"]["features"],
-        # the job's training state between attempts (removed when it succeeds)
-        resume="results/folds/{fold}/sequence_model/{arch}/.resume/h{hidden}",
     log:
         "results/logs/folds/{fold}/sequence_model/{arch}/h{hidden}.log",
     benchmark:
@@ -52,16 +46,22 @@ rule sequence_model:
     # a GPU job goes alone (a group adds up its jobs' GPUs, and they would share one device).
     group:
         None if uses_gpu(config["sequence_model"]) else "sequence_grid_{fold}"
-    threads: 1
-    resources:
-        mem_mb=2000,
-        # minutes: up to 30 a point (200 epochs on one core); measure yours in results/benchmarks/
-        runtime=30 * len(job_points(config["sequence_model"])),
-        # gpu=1 only with sequence_model.device: cuda; "auto" cannot know at DAG time whether
-        # a node has a GPU, so it never asks for one (it uses one if the job sees it)
-        **gpu_resources(config["sequence_model"]),
     conda:
         "../../envs/ferseq.yaml"
+    threads: 1
+    # runtime, minutes: up to 30 a point (200 epochs on one core); measure yours in results/benchmarks/.
+    # gpu=1 only with sequence_model.device: cuda; "auto" cannot know at DAG time whether a node has a
+    # GPU, so it never asks for one (it uses one if the job sees it).
+    resources:
+        **gpu_resources(config["sequence_model"]),
+        mem_mb=2000,
+        runtime=30 * len(job_points(config["sequence_model"])),
+    params:
+        points=job_points(config["sequence_model"]),
+        # what the models read (embedding, landmarks or both): a change retrains the grid
+        features=config["windows"]["features"],
+        # the job's training state between attempts (removed when it succeeds)
+        resume="results/folds/{fold}/sequence_model/{arch}/.resume/h{hidden}",
     script:
         "../scripts/sequence_model.py"
 
@@ -79,11 +79,11 @@ rule select_sequence_model:
         "results/logs/folds/{fold}/sequence_model/select.log",
     benchmark:
         "results/benchmarks/folds/{fold}/sequence_model/select.tsv"
+    conda:
+        "../../envs/ferseq.yaml"
     threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        "../../envs/ferseq.yaml"
     script:
         "../scripts/select_sequence_model.py"

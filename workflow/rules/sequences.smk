@@ -14,6 +14,16 @@ rule windows:
             category="Windows",
             subcategory="fold {fold}",
         ),
+    log:
+        "results/logs/folds/{fold}/windows.log",
+    benchmark:
+        "results/benchmarks/folds/{fold}/windows.tsv"
+    conda:
+        "../../envs/ferseq.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
     params:
         length=config["windows"]["length"],
         overlap=windows_overlap(config["windows"], config["classes"]["names"]),
@@ -21,17 +31,11 @@ rule windows:
         classes=config["classes"]["names"],
         sampling=config["windows"]["sampling"],
         # only uniform sampling draws; with consecutive windows a change of draws reruns nothing
-        draws=config["windows"]["draws"] if config["windows"]["sampling"] == "uniform" else 1,
+        draws=(
+            config["windows"]["draws"]
+            if config["windows"]["sampling"] == "uniform"
+            else 1
+        ),
         seed=config["seed"],
-    log:
-        "results/logs/folds/{fold}/windows.log",
-    benchmark:
-        "results/benchmarks/folds/{fold}/windows.tsv"
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=30,
-    conda:
-        "../../envs/ferseq.yaml"
     script:
         "../scripts/windows.py"

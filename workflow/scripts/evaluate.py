@@ -1,10 +1,11 @@
 """Rule evaluate: every method's predictions on a fold's test data, then their scores, tables and confusion plots."""
 from pathlib import Path
 
-from ferseq import evaluate, logs
+from ferseq.common import logs
+from ferseq.evaluation import fold_scores
 
 with logs.step(snakemake.log[0]):
-    evaluate.evaluate_fold(
+    fold_scores.evaluate_fold(
         snakemake.input.test,
         snakemake.input.best,
         snakemake.input.baseline,

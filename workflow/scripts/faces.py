@@ -1,13 +1,13 @@
 """Rule faces_{batch}: aligned face crops of the annotated frames of a batch of videos."""
-from ferseq import faces_batch, logs
+from ferseq.common import logs
+from ferseq.faces import batch_job
 
 with logs.step(snakemake.log[0]):
-    faces_batch.run_batch(
-        faces_batch.video_ids(snakemake.output.faces),
-        snakemake.input.segments,
+    batch_job.run_batch(
+        snakemake.input.plan,
         snakemake.params.videos_dir,
         # skip_faceless_videos from the config, not a parameter: turning it on after a failure
-        # must not rerun the batches that succeeded.
+        # must not rerun the batches that succeeded (nor does data.strict, which the data stage applies).
         {
             **snakemake.params.faces,
             "skip_faceless_videos": snakemake.config["faces"]["skip_faceless_videos"],
@@ -15,4 +15,5 @@ with logs.step(snakemake.log[0]):
         snakemake.output.faces,
         snakemake.output.qc,
         snakemake.params.partial,
+        strict=snakemake.config["data"]["strict"],
     )

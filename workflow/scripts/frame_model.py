@@ -1,11 +1,12 @@
 """Rule frame_model: train one fold's Xception frame model on its train frames, early-stopped on val."""
 import torch
 
-from ferseq import frame_model, logs
+from ferseq.common import logs
+from ferseq.frame_model import training
 
 with logs.step(snakemake.log[0]):
     torch.set_num_threads(snakemake.threads)
-    frame_model.train_frame_model(
+    training.train_frame_model(
         snakemake.params.faces,
         snakemake.input.segments,
         snakemake.input.splits,

@@ -2,8 +2,9 @@
 import logging
 from pathlib import Path
 
-from ferseq import importers, logs
-from ferseq.errors import ConfigError
+from ferseq.common import logs
+from ferseq.common.errors import ConfigError
+from ferseq.data import importers
 
 with logs.step(snakemake.log[0]):
     params = snakemake.params
@@ -20,4 +21,4 @@ with logs.step(snakemake.log[0]):
         workers=snakemake.threads,
         **params.options,  # unset ones are None/false; one that does not fit the format is an error
     )
-    logging.getLogger("ferseq.importers").info("%s", result.report(snakemake.output.annotations))
+    logging.getLogger("ferseq.data.importers").info("%s", result.report(snakemake.output.annotations))

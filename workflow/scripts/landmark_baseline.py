@@ -1,5 +1,6 @@
 """Rule landmark_baseline: one fold's per-frame classifier on the normalised landmarks of the faces stage."""
-from ferseq import landmark_baseline, logs
+from ferseq.common import logs
+from ferseq.evaluation import landmark_baseline
 
 with logs.step(snakemake.log[0]):
     landmark_baseline.train_fold(

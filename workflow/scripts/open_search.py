@@ -1,6 +1,7 @@
 """Rule open_search: the fold's parent MLflow run, under which every grid point logs a child run (its id, or
 its journal while the tracking server is away)."""
-from ferseq import logs, search
+from ferseq.common import logs
+from ferseq.sequence_model import grid_search
 
 with logs.step(snakemake.log[0]):
-    search.open_search(snakemake.config, int(snakemake.wildcards.fold), snakemake.output[0])
+    grid_search.open_search(snakemake.config, int(snakemake.wildcards.fold), snakemake.output[0])

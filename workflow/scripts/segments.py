@@ -1,5 +1,6 @@
 """Rule segments: validate the annotation table against the videos and write the data tables."""
-from ferseq import annotations, logs
+from ferseq.common import logs
+from ferseq.data import annotations
 
 with logs.step(snakemake.log[0]):
     annotations.write_segments(

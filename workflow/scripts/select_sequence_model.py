@@ -1,10 +1,11 @@
 """Rule select_sequence_model: the fold's best grid point by val macro F1 (ties: val loss)."""
 from pathlib import Path
 
-from ferseq import logs, search
+from ferseq.common import logs
+from ferseq.sequence_model import grid_search
 
 with logs.step(snakemake.log[0]):
-    search.select(
+    grid_search.select(
         snakemake.input.metrics,
         snakemake.config,
         int(snakemake.wildcards.fold),

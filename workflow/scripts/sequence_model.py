@@ -3,12 +3,13 @@ from pathlib import Path
 
 import torch
 
-from ferseq import logs, search
+from ferseq.common import logs
+from ferseq.sequence_model import grid_search
 
 with logs.step(snakemake.log[0]):
     torch.set_num_threads(snakemake.threads)
     w = snakemake.wildcards
-    search.run_points(
+    grid_search.run_points(
         Path(snakemake.input.train).parent,
         arch=w.arch,
         hidden=int(w.hidden),

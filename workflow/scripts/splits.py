@@ -1,5 +1,6 @@
 """Rule splits: assign each unit (subject, video or segment) to train/val/test per fold, or take a benchmark's folds."""
-from ferseq import logs, splits
+from ferseq.common import logs
+from ferseq.data import splits
 
 with logs.step(snakemake.log[0]):
     split = snakemake.params.split

@@ -1,5 +1,6 @@
 """Rule summary: the folds' predictions pooled into scores with intervals, paired differences and the verdict."""
-from ferseq import logs, summary
+from ferseq.common import logs
+from ferseq.evaluation import summary
 
 with logs.step(snakemake.log[0]):
     names = ("csv", "md", "per_person", "per_person_png", "differences_png")

@@ -1,5 +1,6 @@
 """Rule windows: cut one fold's segments into fixed-length windows of frame features, per split."""
-from ferseq import logs, windows
+from ferseq.common import logs
+from ferseq.sequences import windows
 
 with logs.step(snakemake.log[0]):
     windows.write_windows(

@@ -1,0 +1,83 @@
+"""Checks of the config that a JSON schema cannot express (values that refer to each other or to files).
+
+The schema (``workflow/schemas/config.schema.yaml``) checks types, ranges and
+keys first; :func:`check` then reports every remaining problem by its key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ferseq.common.errors import ConfigError
+
+
+def explain(config: dict[str, Any], schema: str | Path) -> str:
+    """Every schema violation of ``config``, one line each, named by its key.
+
+    Snakemake's validation message dumps the whole schema; this is what a user needs to read.
+    """
+    import jsonschema
+    import yaml
+
+    validator = jsonschema.Draft202012Validator(yaml.safe_load(Path(schema).read_text()))
+    lines = []
+    for error in sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path))):
+        key = ".".join(_part(p) for p in error.absolute_path) or "(top level)"
+        lines.append(f"  {key}: {error.message}")
+    return "config problems (keys and values are described in workflow/schemas/config.schema.yaml):\n" + "\n".join(lines)
+
+
+def _part(key: Any) -> str:
+    """One part of a config key as a message names it: quoted when it holds a line break or another control
+    character (a typo in the YAML), so that the message stays one line per problem."""
+    return str(key) if str(key).isprintable() else repr(key)
+
+
+def check(config: dict[str, Any]) -> None:
+    """Raise :class:`ConfigError` listing every cross-key problem, each by its config key."""
+    problems: list[str] = []
+    names = config["classes"]["names"]
+    for raw, kept in config["classes"].get("map", {}).items():
+        if kept not in names:
+            problems.append(f"classes.map.{_part(raw)}: {kept!r} is not one of classes.names {names}")
+
+    data = config["data"]
+    if not Path(data["videos"]).is_dir():
+        problems.append(f"data.videos: {data['videos']!r} is not a folder")
+    if not data.get("import") and not Path(data["annotations"]).is_file():
+        problems.append(f"data.annotations: {data['annotations']!r} does not exist")
+
+    split = config.get("split", {})
+    fractions = split.get("fractions", {})
+    if fractions and abs(sum(fractions.values()) - 1) > 1e-6:
+        problems.append(f"split.fractions: train + val + test must be 1, not {sum(fractions.values()):g}")
+
+    # An overlap the user wrote must name kept classes; the reference default (null) only applies to those.
+    for name in config.get("windows", {}).get("overlap") or {}:
+        if name not in names:
+            problems.append(f"windows.overlap.{_part(name)}: not one of classes.names {names}")
+
+    faces = config.get("faces", {})
+    if faces.get("detector") == "opencv_dnn" and not (faces.get("dnn_model") and faces.get("dnn_prototxt")):
+        problems.append("faces.detector opencv_dnn needs faces.dnn_model and faces.dnn_prototxt (paths to the ResNet-10 SSD files)")
+    for key in ("dnn_model", "dnn_prototxt", "mmod_model", "landmarks_model"):
+        path = faces.get(key)
+        if path and not Path(path).is_file():
+            problems.append(f"faces.{key}: {path!r} does not exist")
+
+    # Grid points are files named by point_name (6 significant digits): two values that
+    # round to one name would be one file written twice.
+    grid_cfg = config.get("sequence_model", {})
+    for key in ("lr", "dropout"):
+        values = grid_cfg.get(key, [])
+        stems = [f"{v:g}" for v in values]
+        if len(set(stems)) < len(stems):
+            problems.append(f"sequence_model.{key}: {values} has values that are equal to 6 significant digits")
+
+    pretrained = config.get("frame_model", {}).get("pretrained", False)
+    if isinstance(pretrained, str) and not Path(pretrained).is_file():
+        problems.append(f"frame_model.pretrained: checkpoint {pretrained!r} does not exist")
+
+    if problems:
+        raise ConfigError("config problems:\n" + "\n".join(f"  {p}" for p in problems))

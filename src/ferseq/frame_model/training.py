@@ -1,0 +1,429 @@
+"""Training the per-frame CNN of one fold (:mod:`ferseq.frame_model.network`).
+
+:func:`train_frame_model` trains one fold's model in one explicit loop (data,
+model, optimiser, epoch loop, early stop on the validation loss, checkpoint of
+the best epoch); one epoch's steps are :func:`train_epoch`, which
+benchmarks/frame_model.py times against bare train steps.
+
+Resume: with ``resume_dir`` the loop saves its whole state at the end of every
+epoch, and at the next batch when SIGTERM or SIGUSR1 asks it to stop
+(:mod:`ferseq.common.resume`); a new attempt with the same inputs and settings
+continues from there and ends with the model an uninterrupted run gives. For
+that, an epoch's batches follow from the data-order generator alone: the
+order and each crop's augmentation seed are drawn from it when the epoch
+starts (:class:`EpochOrder`), whichever worker decodes the crop.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import f1_score
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ferseq.common import mlflow_runs, resume
+from ferseq.common.errors import FerseqError
+from ferseq.common.outputs import atomic_path
+from ferseq.frame_model.crops import CropDataset, face_rows, loader
+from ferseq.frame_model.device_crops import DeviceBatches, decode_on_device
+from ferseq.frame_model.network import (
+    FrameModel,
+    autocast,
+    build_model,
+    default_device,
+    save_checkpoint,
+    settings,
+    to_device,
+)
+
+log = logging.getLogger(__name__)
+
+
+class FrameDataError(FerseqError, ValueError):
+    """The fold's frames cannot train a model (no val frames, a class without train frames, ...)."""
+
+
+def class_weights(counts: np.ndarray, classes: Sequence[str]) -> torch.Tensor:
+    """Inverse-frequency weights, scaled so that sum(weight * count) = total count (mean loss stays comparable).
+
+    A class without train frames cannot be learnt: it is an error naming the class.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    absent = [name for name, n in zip(classes, counts) if n == 0]
+    if absent:
+        per_class = ", ".join(f"{name}: {int(n)}" for name, n in zip(classes, counts))
+        raise FrameDataError(f"class(es) {', '.join(absent)} have no train frames with a face ({per_class}); the model "
+                             "cannot learn them: check the splits and faces QC, or drop the class from classes.names")
+    return torch.tensor(counts.sum() / (len(counts) * counts), dtype=torch.float32)
+
+
+def fold_frames(faces: Mapping[str, str | Path], segments_path: str | Path, splits_path: str | Path, fold: int,
+                classes: Sequence[str], stride: int = 1) -> dict[str, tuple[pa.ChunkedArray, np.ndarray]]:
+    """The encoded crops and class indices of the fold's train and val face frames.
+
+    Every ``stride``-th face frame of each segment (in frame order) is kept.
+    ``faces``: video_id -> faces Parquet file. Returns split -> (crops, labels).
+    """
+    segments = pd.read_parquet(segments_path, columns=["segment_id", "video_id", "label"])
+    splits = pd.read_parquet(splits_path, columns=["fold", "segment_id", "split"])
+    if not (splits["fold"] == fold).any():
+        raise FrameDataError(f"{splits_path}: no fold {fold} (folds: {sorted(splits['fold'].unique())})")
+    wanted = segments.merge(splits.loc[(splits["fold"] == fold) & splits["split"].isin(["train", "val"]),
+                                       ["segment_id", "split"]], on="segment_id")
+    unknown = sorted(set(wanted["label"]) - set(classes))
+    if unknown:
+        raise FrameDataError(f"{segments_path}: labels {unknown} are not in classes.names {list(classes)}")
+    missing = sorted(set(wanted["video_id"]) - set(faces))
+    if missing:
+        raise FrameDataError(f"fold {fold}: no faces file given for videos {missing[:5]} ({len(missing)} in all)")
+    index = {name: i for i, name in enumerate(classes)}
+    by_segment = wanted.set_index("segment_id")
+    parts: dict[str, list[tuple[pa.ChunkedArray, np.ndarray]]] = {"train": [], "val": []}
+    for video_id, mine in wanted.groupby("video_id", sort=True):
+        table = pq.read_table(faces[video_id], columns=["segment_id", "frame", "face_found", "crop"],
+                              filters=[("segment_id", "in", mine["segment_id"].tolist())])
+        table = face_rows(table).sort_by([("segment_id", "ascending"), ("frame", "ascending")])
+        keys = table.select(["segment_id"]).to_pandas()
+        keep = keys.groupby("segment_id").cumcount().to_numpy() % stride == 0
+        split = by_segment.loc[keys["segment_id"], "split"].to_numpy()
+        label = by_segment.loc[keys["segment_id"], "label"].map(index).to_numpy()
+        for name in parts:
+            rows = np.flatnonzero(keep & (split == name))
+            parts[name].append((table["crop"].take(rows), label[rows]))
+    result = {}
+    for name, chunks in parts.items():
+        crops = [part for c, _ in chunks for part in c.cast(pa.large_binary()).chunks]
+        labels = np.concatenate([y for _, y in chunks]) if chunks else np.zeros(0, np.int64)
+        result[name] = (pa.chunked_array(crops, pa.large_binary()), labels.astype(np.int64))
+    return result
+
+
+def evaluate(model: FrameModel, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], weights: torch.Tensor,
+             dev: torch.device) -> tuple[float, np.ndarray, np.ndarray]:
+    """Weighted mean cross entropy, predictions and labels of ``model`` on ``batches``."""
+    model.eval()
+    # summed on the device and copied once at the end: a copy per batch would make the host wait for
+    # the GPU every batch, and the next batch's decoding could no longer overlap the model
+    loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
+    weight_sum = torch.zeros((), dtype=torch.float64, device=dev)
+    preds, labels = [], []
+    with torch.inference_mode(), autocast(dev):
+        for images, y in batches:
+            images, y = images.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+            logits = model(images).float()
+            loss_sum += F.cross_entropy(logits, y, weight=weights, reduction="sum").double()
+            weight_sum += weights[y].sum().double()
+            preds.append(logits.argmax(dim=1))
+            labels.append(y)
+    return (loss_sum / weight_sum).item(), torch.cat(preds).cpu().numpy(), torch.cat(labels).cpu().numpy()
+
+
+class EpochOrder(Sampler):
+    """The train items of one epoch, ``(index, seed)``: a permutation and one augmentation seed per crop, both
+    drawn from ``generator`` when the epoch's first item is taken; the first ``skip`` items are left out once
+    (a resumed epoch, whose first batches were trained before the job stopped)."""
+
+    def __init__(self, n: int, generator: torch.Generator):
+        self.n, self.generator, self.skip = n, generator, 0
+
+    def __len__(self) -> int:
+        return self.n - self.skip
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        # a generator function: DataLoader calls iter() on its sampler more than once per epoch, drawing nothing
+        order = torch.randperm(self.n, generator=self.generator).tolist()
+        seeds = torch.randint(0, 2**62, (self.n,), generator=self.generator).tolist()
+        skip, self.skip = self.skip, 0
+        yield from zip(order[skip:], seeds[skip:])
+
+
+class SeededCrops(Dataset):
+    """:class:`ferseq.frame_model.crops.CropDataset` items by ``(index, seed)``: each crop augmented from its own seed, so an
+    epoch's augmentations depend neither on which worker decodes a crop nor on where the workers' random streams
+    were (a resumed job starts new workers)."""
+
+    def __init__(self, crops: CropDataset):
+        self.crops = crops
+
+    def __len__(self) -> int:
+        return len(self.crops)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
+        index, seed = key
+        with torch.random.fork_rng(devices=[]):  # the CPU stream only: a main-process loader keeps dropout's
+            torch.random.default_generator.manual_seed(seed)
+            return self.crops[index]
+
+
+def frame_batches(crops: pa.ChunkedArray, labels: np.ndarray, cfg: Mapping[str, Any], dev: torch.device,
+                  generator: torch.Generator | None = None, on_device: bool = False) -> Any:
+    """The training loop's batches (uint8 images, labels) of encoded ``crops``: with ``generator``, train
+    batches (``batch_size``, shuffled, augmented if ``augment``), else val batches (``inference_batch_size``,
+    in order). ``on_device``: decoded in batches on ``dev`` (:class:`ferseq.frame_model.device_crops.DeviceBatches`),
+    else by OpenCV in ``num_workers`` DataLoader workers (:class:`ferseq.frame_model.crops.CropDataset`, in the order of
+    :class:`EpochOrder`). ``cfg``: the ``frame_model`` settings.
+    """
+    size, train = int(cfg["input_size"]), generator is not None
+    batch_size = int(cfg["batch_size"] if train else cfg["inference_batch_size"])
+    augment = train and bool(cfg["augment"])
+    # A last train batch of one image is dropped: BatchNorm cannot train on a single 1x1 feature map.
+    drop_last = train and len(labels) % batch_size == 1
+    if on_device:
+        return DeviceBatches(crops, labels, size, batch_size, dev, generator, augment=augment, drop_last=drop_last)
+    dataset = CropDataset(crops, labels, size, augment=augment)
+    # The DataLoader draws its workers' base seed from its own generator (else from torch's global one, which
+    # dropout uses): a fixed one, since the items carry their own seeds.
+    own = torch.Generator().manual_seed(0)
+    if not train:
+        return loader(dataset, int(cfg["num_workers"]), dev.type == "cuda", batch_size=batch_size, generator=own)
+    return loader(SeededCrops(dataset), int(cfg["num_workers"]), dev.type == "cuda", batch_size=batch_size,
+                  sampler=EpochOrder(len(labels), generator), drop_last=drop_last, generator=own)
+
+
+def optimizer_for(model: FrameModel, lr: float, dev: torch.device) -> torch.optim.Adam:
+    """Adam over the model's weights; on a GPU one fused kernel for the whole update instead of a few per tensor."""
+    return torch.optim.Adam(model.parameters(), lr=lr, **({"fused": True} if dev.type == "cuda" else {}))
+
+
+def train_step(model: FrameModel, images: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer,
+               weights: torch.Tensor, dev: torch.device) -> torch.Tensor:
+    """One optimiser step on a batch already on the device; its weighted mean loss (on the device, detached)."""
+    with autocast(dev):
+        logits = model(images)
+    loss = F.cross_entropy(logits.float(), y, weight=weights)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+@dataclass
+class EpochProgress:
+    """How far an epoch got: batches trained and the sums of the epoch's train loss so far."""
+
+    batches: int = 0
+    loss_sum: float = 0.0
+    weight_sum: float = 0.0
+
+
+def _from_batch(batches: Any, skip: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """An epoch's batches from batch ``skip`` on, the earlier ones drawn as the epoch drew them: left out of
+    the order (:class:`EpochOrder`), or decoded and dropped (the device path draws its augmentations per batch)."""
+    if skip and isinstance(batches, DataLoader) and isinstance(batches.sampler, EpochOrder):
+        batches.sampler.skip = skip * int(batches.batch_size)
+        return iter(batches)
+    it = iter(batches)
+    for _ in range(skip):
+        next(it)
+    return it
+
+
+def train_epoch(model: FrameModel, batches: Any, optimizer: torch.optim.Optimizer, weights: torch.Tensor,
+                dev: torch.device, name: str = "training", progress: EpochProgress | None = None,
+                stop: Callable[[], bool] | None = None) -> float:
+    """One pass of the training loop over ``batches``; returns the epoch's weighted mean train loss.
+
+    ``name`` (e.g. "fold 0 epoch 3") starts the progress lines, a few per epoch. ``progress``: where the
+    epoch is (batches already trained are skipped), kept up to date. ``stop``: asked after each batch;
+    when it says so, the epoch ends there with :class:`ferseq.common.resume.Stopped` (``progress`` says where).
+    """
+    model.train()
+    progress = progress if progress is not None else EpochProgress()
+    total = len(batches)
+    # summed on the device: no sync per step
+    loss_sum = torch.tensor(progress.loss_sum, device=dev)
+    weight_sum = torch.tensor(progress.weight_sum, device=dev)
+    log_every = max(1, total // 10)  # epochs of real data take long on a CPU
+    for step, (images, y) in enumerate(_from_batch(batches, progress.batches), start=progress.batches + 1):
+        images, y = images.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+        loss = train_step(model, images, y, optimizer, weights, dev)
+        # the weighted mean over the batch, times its weight sum = the batch's share of the epoch loss
+        loss_sum += loss * weights[y].sum()
+        weight_sum += weights[y].sum()
+        if step % log_every == 0 and step < total:
+            log.info("%s: batch %d/%d, train loss so far %.4f", name, step, total, (loss_sum / weight_sum).item())
+        if stop is not None and stop() and step < total:
+            progress.batches, progress.loss_sum, progress.weight_sum = step, loss_sum.item(), weight_sum.item()
+            raise resume.Stopped(f"{name}: stopped after batch {step}/{total}")
+    progress.batches, progress.loss_sum, progress.weight_sum = total, loss_sum.item(), weight_sum.item()
+    return progress.loss_sum / progress.weight_sum
+
+
+def resume_key(faces: Mapping[str, str | Path], segments_path: str | Path, splits_path: str | Path, fold: int,
+               config: Mapping[str, Any], init_weights: str | Path | None, dev: torch.device, on_device: bool) -> str:
+    """What a saved training state must match to be continued: the inputs (faces files as they are now, the
+    segment and split tables, the initial weights), the settings that shape training, the device kind."""
+    cfg = {k: v for k, v in settings(config).items() if k != "num_workers"}  # workers change nothing (EpochOrder)
+    return resume.fingerprint(
+        "frame_model", fold, cfg, list(config["classes"]["names"]), int(config.get("seed", 42)),
+        sorted((video, resume.stamp(path)) for video, path in faces.items()),
+        resume.digest(segments_path), resume.digest(splits_path),
+        resume.stamp(init_weights) if init_weights else None, dev.type, on_device)
+
+
+def train_frame_model(faces: Mapping[str, str | Path], segments_path: str | Path, splits_path: str | Path, fold: int,
+                      config: Mapping[str, Any], out_model: str | Path, out_metrics: str | Path,
+                      init_weights: str | Path | None = None, decode: str | None = None,
+                      resume_dir: str | Path | None = None) -> dict[str, Any]:
+    """Train the frame model of one fold; write ``out_model`` (model.pt) and ``out_metrics`` (per-epoch CSV).
+
+    ``faces``: video_id -> faces Parquet file; ``config``: the full validated
+    config; ``init_weights``: the backbone's initial weights file (see
+    :func:`build_model`); ``decode``: where crops are decoded and augmented,
+    ``"device"`` (in batches on the model's device, :mod:`ferseq.frame_model.device_crops`)
+    or ``"workers"`` (OpenCV in DataLoader workers); default: the device on
+    CUDA, workers on the CPU. ``resume_dir``: where the training state is kept
+    between attempts (see the module docstring; removed on success). Logs one
+    MLflow run (stage ``frame_model``, tag fold; a resumed attempt goes on
+    logging into it). Returns the best epoch, its val loss and macro F1, and
+    the epochs run.
+    """
+    cfg = settings(config)
+    classes = list(config["classes"]["names"])
+    seed = int(config.get("seed", 42))
+    dev = default_device()
+    epochs, patience = int(cfg["epochs"]), int(cfg["patience"])
+
+    # data: encoded crops in memory, decoded by the DataLoader workers or on the device
+    frames = fold_frames(faces, segments_path, splits_path, fold, classes, int(cfg["frame_stride"]))
+    (train_crops, train_y), (val_crops, val_y) = frames["train"], frames["val"]
+    if len(val_y) == 0:
+        raise FrameDataError(f"fold {fold}: no val frames with a face; early stopping needs a val split with faces")
+    try:
+        weights = class_weights(np.bincount(train_y, minlength=len(classes)), classes)
+    except FrameDataError as err:
+        raise FrameDataError(f"fold {fold}: {err}") from None
+    log.info("fold %s: %d train and %d val face frames (frame_stride %d), device %s; train frames per class: %s",
+             fold, len(train_y), len(val_y), cfg["frame_stride"], dev.type,
+             dict(zip(classes, np.bincount(train_y, minlength=len(classes)).tolist())))
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)  # data order and augmentation
+    on_device = decode_on_device(decode, dev)  # encoded crops to the device, decoded and augmented there
+    train_loader = frame_batches(train_crops, train_y, cfg, dev, generator, on_device)
+    val_loader = frame_batches(val_crops, val_y, cfg, dev, on_device=on_device)
+
+    # model, loss weights, optimiser
+    model = to_device(build_model(config, init_weights), dev)
+    weights = weights.to(dev)
+    optimizer = optimizer_for(model, float(cfg["lr"]), dev)
+
+    # the state of an interrupted attempt with the same inputs and settings, if any
+    store = None
+    if resume_dir is not None:
+        store = resume.Store(resume_dir, resume_key(faces, segments_path, splits_path, fold, config, init_weights,
+                                                    dev, on_device), f"fold {fold} frame model")
+    saved = store.load() if store else None
+    history: list[dict[str, float]] = []
+    best = {"epoch": 0, "val_loss": math.inf, "val_macro_f1": 0.0, "state_dict": None}
+    stale, first, progress, finished = 0, 1, EpochProgress(), False
+    if saved:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        generator.set_state(saved["data_rng"])
+        resume.set_rng_state(saved["rng"])
+        history, stale, finished = saved["history"], saved["stale"], saved["finished"]
+        best = {**saved["best"], "state_dict": store.load_file(f"best-{saved['best']['epoch']}")
+                if saved["best"]["epoch"] else None}
+        first, progress = saved["epoch"] + 1, EpochProgress(**saved["progress"])
+        log.info("fold %s: resuming at epoch %d%s from the state saved in %s (best epoch so far %d)", fold, first,
+                 f", batch {progress.batches + 1}" if progress.batches else "", resume_dir, best["epoch"])
+
+    def save_state(epoch: int, epoch_start_rng: torch.Tensor, run: Any) -> None:
+        """The whole training state after ``epoch`` epochs (and ``progress`` into the next one)."""
+        if store is None:
+            return
+        files = {f"best-{best['epoch']}": best["state_dict"]} if best["epoch"] else {}
+        store.save({"epoch": epoch, "progress": vars(progress).copy(), "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(), "data_rng": epoch_start_rng, "rng": resume.rng_state(),
+                    "history": history, "stale": stale, "finished": finished,
+                    "best": {k: best[k] for k in ("epoch", "val_loss", "val_macro_f1")},
+                    "journal": str(run.journal.path)}, files)
+
+    def log_epochs(run: Any) -> None:
+        """The epochs of the history not yet in the run (all of them after the state is saved: a kill between
+        the two never loses an epoch's metrics, nor logs one twice)."""
+        done = run.last_step("val_loss")
+        for row in history[done:]:
+            run.log_metrics({k: row[k] for k in ("train_loss", "val_loss", "val_macro_f1")} |
+                            {"epoch_seconds": row["seconds"]}, step=row["epoch"])
+
+    with mlflow_runs.open_run(config, stage="frame_model", fold=fold, resume=saved and saved["journal"]) as run, \
+            resume.StopSignal() as stop:
+        if not saved:
+            run.log_params({f"frame_model.{k}": v for k, v in cfg.items()})
+            run.log_params({f"class_weight.{name}": round(float(w), 6) for name, w in zip(classes, weights.tolist())})
+            run.log_params({"train_frames": len(train_y), "val_frames": len(val_y), "device": dev.type,
+                            "decode": "device" if on_device else "workers",
+                            "initial_weights": str(init_weights or cfg["pretrained"])})
+        log_epochs(run)
+
+        # epoch loop with early stopping on the validation loss
+        for epoch in range(first, 1 if finished else epochs + 1):
+            started = time.perf_counter()
+            epoch_start_rng = generator.get_state()  # a mid-epoch state replays the epoch's order from here
+            try:
+                train_loss = train_epoch(model, train_loader, optimizer, weights, dev, f"fold {fold} epoch {epoch}",
+                                         progress, stop)
+            except resume.Stopped as err:
+                save_state(epoch - 1, epoch_start_rng, run)
+                raise resume.Stopped(f"fold {fold}: {stop.received} at epoch {epoch}, batch {progress.batches}: "
+                                     f"state saved in {resume_dir}; a new attempt resumes there") from err
+            val_loss, val_pred, val_true = evaluate(model, val_loader, weights, dev)
+            if not math.isfinite(val_loss):
+                raise FerseqError(f"fold {fold} epoch {epoch}: val loss is {val_loss}, training diverged; "
+                                  f"lower frame_model.lr (now {cfg['lr']})")
+            val_f1 = f1_score(val_true, val_pred, labels=np.unique(val_true), average="macro", zero_division=0)
+            row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+                   "val_macro_f1": float(val_f1), "seconds": time.perf_counter() - started}
+            history.append(row)
+            improved = val_loss < best["val_loss"]
+            if improved:
+                best = {"epoch": epoch, "val_loss": val_loss, "val_macro_f1": float(val_f1),
+                        "state_dict": resume.cpu_copy(model.state_dict())}
+                stale = 0
+            else:
+                stale += 1
+            finished = stale >= patience
+            progress = EpochProgress()
+            save_state(epoch, generator.get_state(), run)
+            log_epochs(run)
+            log.info("fold %s epoch %d/%d: train loss %.4f, val loss %.4f, val macro F1 %.3f, %.1f s%s", fold, epoch,
+                     epochs, row["train_loss"], val_loss, val_f1, row["seconds"], " (best)" if improved else "")
+            if finished:
+                log.info("fold %s: early stop at epoch %d, val loss has not improved for %d epochs (best epoch %d)",
+                         fold, epoch, stale, best["epoch"])
+                break
+            if stop():
+                raise resume.Stopped(f"fold {fold}: {stop.received} after epoch {epoch}: state saved in "
+                                     f"{resume_dir}; a new attempt resumes at epoch {epoch + 1}")
+
+        # checkpoint of the best epoch, and the history
+        save_checkpoint(out_model, model, best["state_dict"], fold=fold, seed=seed,
+                        class_weights=[float(w) for w in weights.cpu()], best_epoch=best["epoch"],
+                        val_loss=best["val_loss"], val_macro_f1=best["val_macro_f1"], epochs_run=len(history),
+                        train_frames=len(train_y), val_frames=len(val_y), config_hash=mlflow_runs.config_hash(dict(config)),
+                        # the crops this model expects: `ferseq predict` makes new videos' faces the same way
+                        faces=dict(config.get("faces", {})))
+        with atomic_path(out_metrics) as tmp:
+            pd.DataFrame(history, columns=list(history[0])).to_csv(tmp, index=False)
+        run.log_metrics({"best_epoch": best["epoch"], "best_val_loss": best["val_loss"],
+                         "best_val_macro_f1": best["val_macro_f1"], "epochs_run": len(history)})
+        run.log_artifact(out_model)
+        run.log_artifact(out_metrics)
+    if store is not None:
+        store.clear()
+    log.info("fold %s: best epoch %d of %d, val loss %.4f, val macro F1 %.3f -> %s", fold, best["epoch"], len(history),
+             best["val_loss"], best["val_macro_f1"], out_model)
+    return {"best_epoch": best["epoch"], "val_loss": best["val_loss"], "val_macro_f1": best["val_macro_f1"],
+            "epochs_run": len(history), "history": history, "run_id": run.run_id}
