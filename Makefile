@@ -22,7 +22,7 @@ demo: install
 test: install slurm
 	$(BIN)/python -m pytest
 
-# tests/test_slurm.py boots a private single-node SLURM (tests/slurm_cluster.py). As root on Debian
+# tests/workflow/test_slurm.py boots a private single-node SLURM (tests/slurm_cluster.py). As root on Debian
 # (CI), install its packages when missing; elsewhere the test says what it lacks and is skipped.
 # policy-rc.d keeps apt from starting the system's munge and slurm services.
 SLURM_PACKAGES := slurmctld slurmd slurm-client munge

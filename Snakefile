@@ -23,6 +23,7 @@ include: "workflow/rules/frame_model.smk"
 include: "workflow/rules/features.smk"
 include: "workflow/rules/sequences.smk"
 include: "workflow/rules/sequence_model.smk"
+include: "workflow/rules/finetune.smk"
 include: "workflow/rules/evaluation.smk"
 
 

@@ -15,7 +15,7 @@ these paths on the CPU device; here the same code runs on ``--device``
    error through the backbone; predicted classes agree);
 3. training: two epochs of ``frame_model.train_epoch`` on device-decoded,
    augmented batches: finite losses, the weights change;
-4. fused LSTM grid: ``fused_lstm.train_points`` on the device (one mask draw
+4. fused grid (LSTMs, GRU, transformer): ``fused_training.train_points`` on the device (one mask draw
    for all points, fused Adam) trains every point; a dropout-free point
    follows the same point trained alone on the CPU (``sequence_model.train``)
    within float tolerance.
@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from ferseq.features import feature_extraction
 from ferseq.frame_model import crops, device_crops, network, training
-from ferseq.sequence_model import classifier, fused_lstm  # noqa: E402
+from ferseq.sequence_model import classifier, fused_training  # noqa: E402
 
 CLASSES = ["neutral", "happy", "sad", "pensive"]
 failures = 0
@@ -125,17 +125,17 @@ def check_fused_grid(dev: torch.device) -> None:
         return x, y
 
     (tx, ty), (vx, vy) = windows(256), windows(96)
-    points = [fused_lstm.Point(0.01, 0.0, 3)] + [fused_lstm.Point(lr, p, 3) for lr in (0.01, 0.003) for p in (0.3, 0.5)]
+    points = [fused_training.Point(0.01, 0.0, 3)] + [fused_training.Point(lr, p, 3) for lr in (0.01, 0.003) for p in (0.3, 0.5)]
     common = dict(num_classes=3, epochs=6, patience=6, batch_size=32)
-    for arch in ("lstm", "lstm2", "bilstm"):
-        results = fused_lstm.train_points(tx, ty, vx, vy, arch=arch, hidden=16, points=points, order_seed=3,
-                                          device=dev, **common)
+    for arch in ("lstm", "lstm2", "bilstm", "gru", "transformer"):
+        results = fused_training.train_points(tx, ty, vx, vy, arch=arch, hidden=16, points=points, order_seed=3,
+                                              device=dev, **common)
         alone = classifier.train(tx, ty, vx, vy, arch=arch, lr=0.01, hidden=16, dropout=0.0, seed=3, **common)
         fused_curve = np.array([h["val_loss"] for h in results[0].history])
         alone_curve = np.array([h["val_loss"] for h in alone.history])
         rel = float(np.abs(fused_curve - alone_curve).max() / alone_curve.max()) if len(fused_curve) == len(alone_curve) else 1.0
         trained = all(r.history[-1]["train_loss"] < r.history[0]["train_loss"] for r in results)
-        model = classifier.SequenceClassifier(arch, 32, 16, 3, 0.0)
+        model = classifier.SequenceClassifier(arch, 32, 16, 3, 0.0, window_length=16)
         model.load_state_dict(results[1].state_dict)
         report(f"fused {arch} grid on {dev}", trained and rel < 1e-2,
                f"{len(points)} points trained; dropout-free point vs alone on the CPU: val loss max rel diff {rel:.2e}")

@@ -1,17 +1,21 @@
-"""The reference LSTM grid: a job's points trained together against one point alone, per epoch, and projected.
+"""The sequence-model grid: a job's points trained together against one point alone, per epoch, and projected.
 
     python benchmarks/sequence_grid.py [WINDOWS_DIR] [--workers 2] [--compare]      # demo windows, CPU
     python benchmarks/sequence_grid.py --synthetic 50000 --device cuda                 # speed only
+    python benchmarks/sequence_grid.py --architectures lstm,lstm2,bilstm               # the reference's heads only
 
 WINDOWS_DIR is a fold's windows folder (default ``results/folds/0/windows`` of a
 finished ``make demo``); ``--synthetic N`` uses N random train windows of
 16 x 512 (and 0.4 N val windows, the reference split's ratio), 3 classes,
 instead: for speed only. The grid, epochs, patience and batch size are the
-schema's reference defaults (3 architectures x 5 lr x 3 hidden x 5 dropout =
-225 points in 9 jobs of 25, up to 200 epochs, patience 10).
+schema's reference defaults (5 lr x 3 hidden x 5 dropout, up to 200 epochs,
+patience 10: 9 jobs of 25 points for the reference's 3 architectures) with
+``--architectures`` (default: all five heads, the reference's LSTMs and the GRU
+and transformer); ``--config FILE`` takes the grid from a config's
+``sequence_model`` instead (e.g. ``config.yaml``, the demo grid).
 
 1. Grid (real windows only): the whole grid trained as the pipeline trains it,
-   each job's 25 points together (:func:`ferseq.sequence_model.fused_lstm.train_points`, one
+   each job's 25 points together (:func:`ferseq.sequence_model.fused_training.train_points`, one
    torch thread a job), the jobs in ``--workers`` processes that each read the
    windows once; the figure is the wall time. ``--compare`` also trains every
    point alone, one after another (:func:`ferseq.sequence_model.classifier.train`, the
@@ -27,6 +31,10 @@ schema's reference defaults (3 architectures x 5 lr x 3 hidden x 5 dropout =
 4. Last line: the projected wall time in seconds of the reference grid for one
    fold at 30 epochs per point, its 9 jobs one after another on the device
    (training only; start-up as in 2 comes on top).
+
+The per-epoch section ends with each family's sum over its jobs (LSTMs, GRU,
+transformer: seconds per epoch with each job's points together), and the new
+heads' sum against the LSTMs'.
 """
 
 from __future__ import annotations
@@ -49,7 +57,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from ferseq.sequence_model import classifier, fused_lstm, grid_search  # noqa: E402
+from ferseq.sequence_model import classifier, fused_training, grid_plan, grid_search  # noqa: E402
 
 CLASSES = ["neutral", "happy", "sad", "pensive"]
 PROJECTED_EPOCHS = 30
@@ -57,7 +65,7 @@ STARTUP = """
 import sys
 sys.path.insert(0, {src!r})
 import mlflow, snakemake.script, torch
-from ferseq.sequence_model import fused_lstm, grid_search
+from ferseq.sequence_model import fused_training, grid_search
 from ferseq.common import mlflow_runs
 grid_search.load_split({train!r}, {classes!r}); grid_search.load_split({val!r}, {classes!r})
 config = {{"experiment": "startup", "mlflow": {{"tracking_uri": "sqlite:///{tmp}/mlflow.db"}}}}
@@ -68,10 +76,13 @@ with mlflow_runs.open_child_runs(config, "sequence_model", 0, ["lstm-a", "lstm-b
 """
 
 
-def reference_grid() -> dict:
-    """The ``sequence_model`` defaults of the config schema."""
+def reference_grid(config: Path | None = None) -> dict:
+    """The ``sequence_model`` defaults of the config schema, with ``config``'s ``sequence_model`` over them."""
     schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
-    return {key: spec["default"] for key, spec in schema["properties"]["sequence_model"]["properties"].items()}
+    grid = {key: spec["default"] for key, spec in schema["properties"]["sequence_model"]["properties"].items()}
+    if config is not None:
+        grid.update(yaml.safe_load(config.read_text()).get("sequence_model") or {})
+    return grid
 
 
 def synthetic(n: int, seed: int = 0) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
@@ -96,11 +107,11 @@ def _load(windows: str) -> None:
 def _train_job(job: tuple, cfg: dict) -> tuple[float, float, list[int]]:
     """Train one job's points together on the worker's loaded windows; its seconds, CPU seconds and epochs per point."""
     arch, hidden = job
-    points = [fused_lstm.Point(lr, dropout, 42) for lr, dropout in itertools.product(cfg["lr"], cfg["dropout"])]
+    points = [fused_training.Point(lr, dropout, 42) for lr, dropout in itertools.product(cfg["lr"], cfg["dropout"])]
     started, cpu = time.perf_counter(), time.process_time()
-    results = fused_lstm.train_points(*_DATA["train"], *_DATA["val"], arch=arch, hidden=hidden, points=points,
-                                      num_classes=len(CLASSES), epochs=cfg["epochs"], patience=cfg["patience"],
-                                      batch_size=cfg["batch_size"], order_seed=42)
+    results = fused_training.train_points(*_DATA["train"], *_DATA["val"], arch=arch, hidden=hidden, points=points,
+                                          num_classes=len(CLASSES), epochs=cfg["epochs"], patience=cfg["patience"],
+                                          batch_size=cfg["batch_size"], order_seed=42)
     return time.perf_counter() - started, time.process_time() - cpu, [len(r.history) for r in results]
 
 
@@ -161,7 +172,7 @@ def alone_epoch_seconds(arch: str, hidden: int, train: tuple, val: tuple, cfg: d
     y = torch.tensor(train[1][:steps * batch], device=device)
     vx = torch.tensor(val[0][:max(1, steps * batch * len(val[0]) // len(train[0]))], device=device)
     torch.manual_seed(0)
-    model = classifier.SequenceClassifier(arch, x.shape[2], hidden, num_classes, 0.5).to(device)
+    model = classifier.SequenceClassifier(arch, x.shape[2], hidden, num_classes, 0.5, x.shape[1]).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.001)
     criterion = torch.nn.CrossEntropyLoss()
 
@@ -191,11 +202,11 @@ def together_epoch_seconds(arch: str, hidden: int, train: tuple, val: tuple, cfg
     count = steps * cfg["batch_size"]
     sample_train = _sample(train, count)
     sample_val = _sample(val, max(1, count * len(val[0]) // len(train[0])))
-    points = [fused_lstm.Point(lr, dropout, 0) for lr, dropout in itertools.product(cfg["lr"], cfg["dropout"])]
+    points = [fused_training.Point(lr, dropout, 0) for lr, dropout in itertools.product(cfg["lr"], cfg["dropout"])]
     # Two epochs, no early stop: the first warms up, the second is timed (its seconds include the val pass).
-    results = fused_lstm.train_points(*sample_train, *sample_val, arch=arch, hidden=hidden, points=points,
-                                      num_classes=num_classes, epochs=2, patience=3,
-                                      batch_size=cfg["batch_size"], order_seed=0, device=device)
+    results = fused_training.train_points(*sample_train, *sample_val, arch=arch, hidden=hidden, points=points,
+                                          num_classes=num_classes, epochs=2, patience=3,
+                                          batch_size=cfg["batch_size"], order_seed=0, device=device)
     return results[0].history[1]["seconds"] * len(train[0]) / len(sample_train[0])
 
 
@@ -203,13 +214,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("windows", nargs="?", type=Path, default=REPO / "results/folds/0/windows")
     parser.add_argument("--synthetic", type=int, metavar="N", help="N random windows of 16 x 512 instead (speed only)")
-    parser.add_argument("--device", default="cpu", choices=fused_lstm.DEVICES, help="for the per-epoch figures")
+    parser.add_argument("--device", default="cpu", choices=fused_training.DEVICES, help="for the per-epoch figures")
     parser.add_argument("--workers", type=int, default=2, help="grid training processes (one torch thread each)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for the per-epoch figures")
     parser.add_argument("--steps", type=int, default=10, help="batches timed per epoch figure")
     parser.add_argument("--compare", action="store_true", help="also train every point alone (before the fused trainer)")
+    parser.add_argument("--architectures", default=",".join(classifier.ARCHITECTURES),
+                        help="comma-separated heads of the grid (default: all)")
+    parser.add_argument("--config", type=Path, help="take the grid from this config's sequence_model (e.g. config.yaml)")
     args = parser.parse_args()
-    cfg = reference_grid()
+    cfg = reference_grid(args.config)
+    cfg["architectures"] = args.architectures.split(",")
     jobs = list(itertools.product(cfg["architectures"], cfg["hidden"]))
     points = len(jobs) * len(cfg["lr"]) * len(cfg["dropout"])
 
@@ -255,12 +270,13 @@ def main() -> None:
             print(f"demo grid jobs (Snakemake benchmarks): {len(demo)} jobs of {demo['points'].median():.0f} points, "
                   f"median {demo['job_s'].median():.2f} s a job of which {demo['train_s'].median():.2f} s training")
 
-    device = fused_lstm.choose_device(args.device)
+    device = fused_training.choose_device(args.device)
     torch.set_num_threads(args.threads)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} thread(s)"
     print(f"per epoch ({len(train[1])} train, {len(val[1])} val windows, batch {cfg['batch_size']}) on {name}, "
           f"timed on {args.steps} batches:")
     projected, classes = 0.0, int(max(train[1].max(), val[1].max())) + 1
+    families: dict[str, list[float]] = {}  # family -> [alone, together], each summed over its jobs
     for arch, hidden in jobs:
         alone = alone_epoch_seconds(arch, hidden, train, val, cfg, device, args.steps, classes)
         together = together_epoch_seconds(arch, hidden, train, val, cfg, device, args.steps, classes)
@@ -268,7 +284,16 @@ def main() -> None:
         print(f"  {arch} h{hidden}: one point alone {alone:.2f} s, {job_points} points together {together:.2f} s "
               f"({job_points * alone / together:.1f}x the throughput)", flush=True)
         projected += PROJECTED_EPOCHS * together
-    print(f"projected: reference grid ({points} points, {len(jobs)} jobs one after another), one fold, "
+        sums = families.setdefault(grid_plan.family(arch), [0.0, 0.0])
+        sums[0], sums[1] = sums[0] + alone, sums[1] + together
+    for family, (alone, together) in families.items():
+        print(f"  {family} family, its jobs one after another: one point alone {alone:.2f} s, points together "
+              f"{together:.2f} s per epoch")
+    new = [sums[1] for family, sums in families.items() if family != "lstm"]
+    if new and "lstm" in families:
+        print(f"  new heads ({', '.join(n for n in families if n != 'lstm')}) together {sum(new):.2f} s per epoch: "
+              f"the grid with them {1 + sum(new) / families['lstm'][1]:.2f}x the LSTMs' grid per epoch")
+    print(f"projected: the grid ({','.join(cfg['architectures'])}: {points} points, {len(jobs)} jobs one after another), one fold, "
           f"{PROJECTED_EPOCHS} epochs a point, on {name}: {projected:.0f} s ({projected / 60:.1f} min; target on one "
           f"H100/H200 <= 15 min)")
     print(f"{projected:.1f}")

@@ -12,7 +12,7 @@ system SLURM or munge on the same machine is never touched. The one node is this
 with one GPU declared as a GRES on a stand-in device file. There is no accounting database
 (as on many small clusters): finished jobs stay visible to ``squeue``/``scontrol`` for
 ``MinJobAge`` seconds and are written to ``jobcomp.txt`` (``JobCompType=jobcomp/filetxt``).
-The tests use it through ``start``/``stop`` (tests/test_slurm.py).
+The tests use it through ``start``/``stop`` (tests/workflow/test_slurm.py).
 """
 
 from __future__ import annotations

@@ -111,6 +111,9 @@ def parser() -> argparse.ArgumentParser:
     pred.add_argument("--device", help="torch device for the frame CNN (default: cuda if available, else cpu)")
     pred.add_argument("--batch-size", type=int, default=64, help="frames per CNN batch (default 64)")
     pred.add_argument("--workers", type=int, default=2, help="crop-decoding workers (default 2)")
+    pred.add_argument("--finetuned", action="store_true",
+                      help="score the windows with the fold's fine-tuned CNN-LSTM (folds/N/finetune/model.pt of a run "
+                           "with finetune.enabled; a results folder only) instead of its selected sequence model")
 
     tracking = commands.add_parser("mlflow", help="MLflow housekeeping: send what jobs could not deliver")
     tracking_commands = tracking.add_subparsers(dest="mlflow_command", required=True, metavar="command")
@@ -205,7 +208,8 @@ def _predict(args: argparse.Namespace) -> int:
 
     results, failed = predict.predict_many(args.videos, args.run, args.output, fold=args.fold, stride=args.stride,
                                            min_segment=args.min_segment, annotate=args.annotate, device=args.device,
-                                           batch_size=args.batch_size, num_workers=args.workers)
+                                           batch_size=args.batch_size, num_workers=args.workers,
+                                           finetuned=args.finetuned)
     for line in predict.summary_lines(results, failed):
         print(line, file=sys.stderr)
     return predict.exit_status(results, failed)

@@ -1,5 +1,5 @@
 """ferseq.common.cluster: a SLURM job no node of its partition can hold is named before anything is submitted.
-(The check inside a real run, on a real SLURM, is in tests/test_slurm.py.)"""
+(The check inside a real run, on a real SLURM, is in tests/workflow/test_slurm.py.)"""
 
 from __future__ import annotations
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support, recall_score
@@ -82,13 +84,36 @@ def test_every_method_is_scored_on_the_same_test_items_at_every_level(tmp_path, 
     inputs = windows.inputs(m, features)
     model = classifier.SequenceClassifier("bilstm", inputs.shape[2], 5, 3, 0.5)
     torch.save({"state_dict": model.state_dict(), "arch": "bilstm", "features": features, "input_dim": inputs.shape[2],
-                "hidden": 5, "dropout": 0.5, "classes": CLASSES}, tmp_path / "m.pt")
+                "hidden": 5, "dropout": 0.5, "classes": CLASSES, "window_length": 16}, tmp_path / "m.pt")
+    # a second family of the grid (its best point), and the fine-tuned CNN-LSTM's window probabilities
+    other = classifier.SequenceClassifier("gru", inputs.shape[2], 4, 3, 0.5)
+    torch.save({"state_dict": other.state_dict(), "arch": "gru", "features": features, "input_dim": inputs.shape[2],
+                "hidden": 4, "dropout": 0.5, "classes": CLASSES, "window_length": 16}, tmp_path / "gru.pt")
+    tuned = rng.dirichlet(np.ones(3), size=len(table)).astype(np.float32)
+    order = rng.permutation(len(table))  # any row order: matched by window_id
+    pq.write_table(pa.table({"window_id": table["window_id"].to_numpy()[order],
+                             "probs": pa.FixedSizeListArray.from_arrays(pa.array(tuned[order].reshape(-1)), 3)}),
+                   tmp_path / "tuned.parquet")
     baseline = fitted_baseline(tmp_path, rng)
     pd.DataFrame({"fold": 0, "segment_id": [0, 1, 2], "unit": ["a", "a", "b"]}).to_parquet(tmp_path / "splits.parquet")
-    ids, probs, names = predictions.predict_fold(tmp_path / "test.parquet", tmp_path / "m.pt", tmp_path / "baseline.json",
-                                                 tmp_path / "splits.parquet", CLASSES, 0, tmp_path / "p.parquet")
-    seq = predictions.sequence_method(features)
-    assert list(names) == ["per_frame", "aggregation", seq, "landmarks", "landmarks_aggregation"]
+    ids, probs, names = predictions.predict_fold(tmp_path / "test.parquet", {"lstm": tmp_path / "m.pt",
+                                                 "gru": tmp_path / "gru.pt"}, tmp_path / "baseline.json",
+                                                 tmp_path / "splits.parquet", CLASSES, 0, tmp_path / "p.parquet",
+                                                 tmp_path / "tuned.parquet" if features == "embedding" else None)
+    seq, gru = predictions.sequence_method(features), predictions.sequence_method(features, "gru")
+    tuned_rows = ["cnn_lstm_finetuned"] if features == "embedding" else []
+    assert list(names) == ["per_frame", "aggregation", seq, gru, *tuned_rows, "landmarks", "landmarks_aggregation"]
+    assert names[gru] == {"embedding": "CNN-GRU", "landmarks": "landmark-GRU", "both": "CNN+landmark GRU"}[features]
+    # the verdict's comparison first; every other family and the fine-tuned model against it and aggregation
+    frame_ref = "landmarks_aggregation" if features == "landmarks" else "aggregation"
+    assert predictions.pairs(names)[0] == (seq, frame_ref)
+    assert {(gru, seq), (gru, frame_ref)} <= set(predictions.pairs(names))
+    if tuned_rows:
+        assert np.allclose(probs["cnn_lstm_finetuned"][ids["level"] == "window"], tuned[[0, 1, 3]])
+        assert ("cnn_lstm_finetuned", "cnn_lstm") in predictions.pairs(names)
+    with torch.inference_mode():
+        assert np.allclose(probs[gru][ids["level"] == "window"],
+                           other.eval()(torch.tensor(inputs)).softmax(dim=1).numpy()[[0, 1, 3]], atol=1e-6)
     level = ids["level"].to_numpy()
     # Windows: the 3 full ones; frames: their 48 frames, once; segments: all 3, the short one flagged.
     assert (level == "window").sum() == 3 and (level == "frame").sum() == 48 and (level == "segment").sum() == 3
@@ -128,9 +153,9 @@ def test_a_model_for_other_classes_is_refused(tmp_path):
     fitted_baseline(tmp_path, rng)
     model = classifier.SequenceClassifier("lstm", 6, 5, 2, 0.5)
     torch.save({"state_dict": model.state_dict(), "arch": "lstm", "input_dim": 6, "hidden": 5, "dropout": 0.5,
-                "classes": ["a", "b"]}, tmp_path / "m.pt")
+                "classes": ["a", "b"], "window_length": 16}, tmp_path / "m.pt")
     with pytest.raises(ValueError, match="trained for classes"):
-        predictions.predict_fold(tmp_path / "test.parquet", tmp_path / "m.pt", tmp_path / "baseline.json",
+        predictions.predict_fold(tmp_path / "test.parquet", {"lstm": tmp_path / "m.pt"}, tmp_path / "baseline.json",
                                  tmp_path / "splits.parquet", CLASSES, 0, tmp_path / "p.parquet")
 
 

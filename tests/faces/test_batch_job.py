@@ -17,7 +17,8 @@ import yaml
 from conftest import DEMO, FIXTURES, SCHEMAS, run_snakemake
 from ferseq.data.videos import iter_frames
 from ferseq.faces.batch_job import BatchError, read_plan, run_batch
-from ferseq.faces.batch_plan import plan_file, plan_from_config, write_plans
+from ferseq.common.errors import FerseqError
+from ferseq.faces.batch_plan import plan_digest, plan_file, plan_from_config, write_plans
 from ferseq.faces.face_extraction import merge_qc
 
 CLASSES = {"names": ["neutral", "happy"], "map": {}}
@@ -149,6 +150,22 @@ def test_a_video_replaced_after_a_failure_is_processed_again(dataset, tmp_path, 
         run_batch(plan, dataset / "videos", {"skip_faceless_videos": True}, files, tmp_path / "qc.csv", partial)
     assert "clips/empty_room: reused" in caplog.text and "clips/man: reused" not in caplog.text
     assert "clips/man: 8 frames in 1 segments" in caplog.text  # the new file, decoded afresh
+
+
+def test_a_segment_past_its_videos_end_and_a_changed_plan(dataset, tmp_path):
+    # data.strict: false: the one segment of clips/man starts past the end of its video, so the data stage drops
+    # its row; the video gets an empty faces file and no QC rows instead of failing its batch for having no face.
+    plan = plan_json(tmp_path, [("clips/man", "clips/man.mp4", [(1, 5000, 5010, "happy")]),
+                                ("nested/folder/woman", "nested/folder/woman", [(2, 0, 4, "happy")])])
+    files = outputs(tmp_path, ["clips/man", "nested/folder/woman"])
+    digest = plan_digest(plan.read_text())
+    qc = run_batch(plan, dataset / "videos", {}, files, tmp_path / "qc.csv", tmp_path / "partial", strict=False,
+                   digest=digest)
+    assert pd.read_parquet(files[0]).empty and [r["video"] for r in qc] == ["nested/folder/woman"] * 2
+    # A plan file that is not the plan of the run's DAG (rewritten by another snakemake since) is refused.
+    plan.write_text(plan.read_text().replace("5010", "5011"))
+    with pytest.raises(FerseqError, match="plan changed after this run planned it"):
+        run_batch(plan, dataset / "videos", {}, files, tmp_path / "qc.csv", tmp_path / "partial", digest=digest)
 
 
 # --- through Snakemake ------------------------------------------------------------------------------------

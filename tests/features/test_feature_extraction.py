@@ -1,6 +1,6 @@
 """Feature store: a trained frame model over the real face crops of the demo clips.
 
-Uses the faces files and config helpers of test_frame_model.py (built once per session).
+Uses the faces files and config helpers of tests/demo_faces.py (built once per session).
 """
 
 from __future__ import annotations

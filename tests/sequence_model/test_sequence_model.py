@@ -1,4 +1,5 @@
-"""LSTM family, weighted loss, early stopping, grid points trained together, and their selection."""
+"""Sequence heads (LSTMs, GRU, transformer), weighted loss, early stopping, grid points trained together, and their
+selection."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import ferseq_log
+from conftest import ferseq_log, write_config
+from ferseq.common import config as config_check
 from ferseq.common import mlflow_runs, resume
-from ferseq.sequence_model import classifier, fused_lstm, grid_plan, grid_search
+from ferseq.common.errors import ConfigError
+from ferseq.sequence_model import classifier, fused_training, grid_plan, grid_search
 from ferseq.sequences import windows
 
 
@@ -27,13 +30,49 @@ def windows_of(n: int, classes: int, rng: np.random.Generator, separable: bool =
     return x, y
 
 
-@pytest.mark.parametrize("arch", ["lstm", "lstm2", "bilstm"])
+@pytest.mark.parametrize("arch", ["lstm", "lstm2", "bilstm", "gru"])
 def test_architectures_map_windows_to_class_logits(arch):
     model = classifier.SequenceClassifier(arch, input_dim=8, hidden=5, num_classes=3, dropout=0.5)
     assert model(torch.zeros(4, 16, 8)).shape == (4, 3)
-    layers, bidirectional = classifier.ARCHITECTURES[arch]
-    assert model.lstm.num_layers == layers and model.lstm.bidirectional == bidirectional
-    assert model.lstm.dropout == (0.5 if arch == "lstm2" else 0.0)
+    kind, layers, bidirectional = classifier.ARCHITECTURES[arch]
+    rnn = model.lstm if kind == "lstm" else model.gru
+    assert rnn.num_layers == layers and rnn.bidirectional == bidirectional
+    assert rnn.dropout == (0.5 if arch == "lstm2" else 0.0)
+
+
+def test_every_head_is_named_alike_by_the_classifier_the_grid_plan_and_the_schema():
+    import yaml
+
+    from conftest import REPO
+
+    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    enum = schema["properties"]["sequence_model"]["properties"]["architectures"]["items"]["enum"]
+    assert list(classifier.ARCHITECTURES) == list(grid_plan.FAMILIES) == enum
+
+
+def test_the_transformer_reads_windows_up_to_its_position_table_and_refuses_longer_ones():
+    model = classifier.SequenceClassifier("transformer", input_dim=8, hidden=8, num_classes=3, dropout=0.5,
+                                          window_length=6).eval()
+    assert model(torch.zeros(4, 6, 8)).shape == model(torch.zeros(4, 3, 8)).shape == (4, 3)
+    assert len(model.encoder.layers) == classifier.TRANSFORMER_LAYERS
+    with pytest.raises(ValueError, match="a window of 7 frames is longer than the 6 positions it was built for"):
+        model(torch.zeros(1, 7, 8))
+    with pytest.raises(ValueError, match="sequence_model.hidden: 6 is not divisible by the transformer's 4 heads"):
+        classifier.SequenceClassifier("transformer", input_dim=8, hidden=6, num_classes=3, dropout=0.5, window_length=6)
+
+
+def test_the_config_check_names_a_transformer_width_its_heads_do_not_divide(tmp_path):
+    """Caught when the config is checked (before any job), by its key; the same widths pass for the recurrent heads."""
+    import yaml
+
+    config = yaml.safe_load(write_config(tmp_path / "config.yaml").read_text())
+    config["sequence_model"].update(architectures=["lstm", "transformer"], hidden=[64, 30, 6])
+    with pytest.raises(ConfigError, match=r"sequence_model.hidden: \[30, 6\] not divisible by 4, the transformer's"):
+        config_check.check(config)
+    config["sequence_model"]["architectures"] = ["lstm", "gru"]
+    config_check.check(config)
+    config["sequence_model"].update(architectures=["transformer"], hidden=[64, 32])
+    config_check.check(config)
 
 
 def test_class_weights_are_inverse_frequency():
@@ -138,6 +177,25 @@ def test_grid_point_and_selection_log_to_mlflow(tmp_path):
         assert all(torch.equal(loaded[k], checkpoint["state_dict"][k]) for k in loaded)
 
 
+def test_every_head_is_written_and_loaded_back_as_data_giving_the_same_outputs(tmp_path):
+    """write_point -> load_model (what evaluation, `ferseq predict` and export use) for each architecture."""
+    rng = np.random.default_rng(10)
+    train_x, train_y = windows_of(24, 2, rng)
+    val_x, val_y = windows_of(8, 2, rng)
+    config = {"seed": 0, "classes": {"names": ["happy", "sad"]}, "sequence_model": {}}
+    for arch in classifier.ARCHITECTURES:
+        result = classifier.train(train_x, train_y, val_x, val_y, arch=arch, lr=0.01, hidden=8, dropout=0.5,
+                                  num_classes=2, epochs=1, patience=1, batch_size=8, seed=3)
+        grid_search.write_point(result, arch, 0.01, 8, 0.5, config, 0, "run", train_x.shape, tmp_path / f"{arch}.pt",
+                                tmp_path / f"{arch}.json")
+        model, checkpoint = grid_search.load_model(tmp_path / f"{arch}.pt")
+        assert checkpoint["arch"] == arch and checkpoint["window_length"] == 6 and not model.training
+        trained = classifier.SequenceClassifier(arch, 8, 8, 2, 0.5, window_length=6)
+        trained.load_state_dict(result.state_dict)
+        with torch.inference_mode():
+            assert torch.equal(model(torch.tensor(val_x)), trained.eval()(torch.tensor(val_x)))
+
+
 def test_a_job_asking_for_cuda_without_a_gpu_stops_before_writing(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
@@ -147,11 +205,11 @@ def test_a_job_asking_for_cuda_without_a_gpu_stops_before_writing(tmp_path):
                           [tmp_path / "m.pt"], [tmp_path / "m.json"])
     assert not list(tmp_path.iterdir())
     with pytest.raises(ValueError, match="sequence_model.device: 'gpu'"):
-        fused_lstm.choose_device("gpu")
-    assert fused_lstm.choose_device("auto") == fused_lstm.choose_device("cpu") == torch.device("cpu")
+        fused_training.choose_device("gpu")
+    assert fused_training.choose_device("auto") == fused_training.choose_device("cpu") == torch.device("cpu")
 
 
-@pytest.mark.parametrize("arch", ["lstm", "lstm2", "bilstm"])
+@pytest.mark.parametrize("arch", ["lstm", "lstm2", "bilstm", "gru", "transformer"])
 def test_a_point_trained_with_others_equals_the_point_trained_alone(arch):
     """Item 4 of the fused trainer: same seed and batch order -> same loss curves, best epoch and weights
     as the reference path (nn.LSTM SequenceClassifier + torch.optim.Adam), while the other points differ."""
@@ -159,15 +217,18 @@ def test_a_point_trained_with_others_equals_the_point_trained_alone(arch):
     train_x, train_y = windows_of(70, 3, rng, dim=8)
     val_x, val_y = windows_of(30, 3, rng, dim=8)
     train_x[:, :, 0] *= 0.5  # a harder task: val loss turns within a few epochs, so points stop early
-    # Different lr and dropout (0 included: no masks drawn); lr 0.05 overfits and stops first.
-    points = [fused_lstm.Point(0.01, 0.5, 7), fused_lstm.Point(0.05, 0.0, 7), fused_lstm.Point(0.003, 0.3, 7)]
+    # Different lr and dropout (0 included: no masks drawn); lr 0.05 overfits and stops first. (The transformer
+    # takes 0.02: at 0.05 its last epochs, past the best one, amplify rounding to ~1e-2; 0.02 also stops first.)
+    fast = 0.02 if arch == "transformer" else 0.05
+    points = [fused_training.Point(0.01, 0.5, 7), fused_training.Point(fast, 0.0, 7), fused_training.Point(0.003, 0.3, 7)]
     common = dict(num_classes=3, epochs=15, patience=3, batch_size=16)
     # Two fused stacks (points 0-1 and point 2), as the CPU cuts a large job.
-    together = fused_lstm.train_points(train_x, train_y, val_x, val_y, arch=arch, hidden=5, points=points,
-                                       order_seed=7, stack_size=2, **common)
+    hidden = 8 if arch == "transformer" else 5  # (the transformer's width divides by its 4 heads)
+    together = fused_training.train_points(train_x, train_y, val_x, val_y, arch=arch, hidden=hidden, points=points,
+                                           order_seed=7, stack_size=2, **common)
     stopped = set()
     for point, fused in zip(points, together):
-        alone = classifier.train(train_x, train_y, val_x, val_y, arch=arch, lr=point.lr, hidden=5,
+        alone = classifier.train(train_x, train_y, val_x, val_y, arch=arch, lr=point.lr, hidden=hidden,
                                      dropout=point.dropout, seed=7, **common)
         assert len(fused.history) == len(alone.history) and fused.best_epoch == alone.best_epoch
         # Rounding differs (batched products vs the oneDNN LSTM kernel) by ~1e-7 at first; a point that
@@ -180,8 +241,8 @@ def test_a_point_trained_with_others_equals_the_point_trained_alone(arch):
         for name, value in alone.state_dict.items():
             assert torch.allclose(fused.state_dict[name], value, atol=1e-3), name
         stopped.add(len(fused.history))
-        # The checkpoint layout is nn.LSTM's: a SequenceClassifier loads it as it is.
-        model = classifier.SequenceClassifier(arch, 8, 5, 3, point.dropout)
+        # The checkpoint layout is the classifier's (nn.LSTM's, nn.GRU's): a SequenceClassifier loads it as it is.
+        model = classifier.SequenceClassifier(arch, 8, hidden, 3, point.dropout, window_length=6)
         model.load_state_dict(fused.state_dict)
     assert len(stopped) > 1 and min(stopped) < common["epochs"]  # points stopped at different epochs
     first, third = ([h["train_loss"] for h in p.history[:3]] for p in (together[0], together[2]))
@@ -192,9 +253,9 @@ def test_points_trained_together_stop_on_their_own_val_loss():
     rng = np.random.default_rng(1)
     train_x, train_y = windows_of(64, 2, rng)
     val_x, val_y = windows_of(32, 2, rng, separable=False)  # val labels are noise: val loss stops improving
-    points = [fused_lstm.Point(lr, 0.0, 1) for lr in (0.05, 0.01)]
-    results = fused_lstm.train_points(train_x, train_y, val_x, val_y, arch="bilstm", hidden=16, points=points,
-                                      num_classes=2, epochs=200, patience=3, batch_size=16, order_seed=1)
+    points = [fused_training.Point(lr, 0.0, 1) for lr in (0.05, 0.01)]
+    results = fused_training.train_points(train_x, train_y, val_x, val_y, arch="bilstm", hidden=16, points=points,
+                                          num_classes=2, epochs=200, patience=3, batch_size=16, order_seed=1)
     for result in results:
         assert len(result.history) == result.best_epoch + 3 < 200
         best = min(result.history, key=lambda h: h["val_loss"])
@@ -207,10 +268,10 @@ def test_the_gpu_way_on_the_cpu_trains_every_point_and_leaves_dropout_free_point
     rng = np.random.default_rng(7)
     train_x, train_y = windows_of(60, 3, rng)
     val_x, val_y = windows_of(30, 3, rng)
-    points = [fused_lstm.Point(0.01, 0.0, 3), fused_lstm.Point(0.01, 0.5, 3), fused_lstm.Point(0.03, 0.8, 3)]
+    points = [fused_training.Point(0.01, 0.0, 3), fused_training.Point(0.01, 0.5, 3), fused_training.Point(0.03, 0.8, 3)]
     common = dict(num_classes=3, epochs=6, patience=6, batch_size=16)
-    results = fused_lstm.train_points(train_x, train_y, val_x, val_y, arch="lstm2", hidden=6, points=points,
-                                      order_seed=3, exact=False, **common)
+    results = fused_training.train_points(train_x, train_y, val_x, val_y, arch="lstm2", hidden=6, points=points,
+                                          order_seed=3, exact=False, **common)
     alone = classifier.train(train_x, train_y, val_x, val_y, arch="lstm2", lr=0.01, hidden=6, dropout=0.0,
                                  seed=3, **common)
     assert [h["val_loss"] for h in results[0].history] == pytest.approx([h["val_loss"] for h in alone.history], rel=1e-4)
@@ -221,7 +282,7 @@ def test_the_gpu_way_on_the_cpu_trains_every_point_and_leaves_dropout_free_point
 
 def test_dropout_drawn_at_once_keeps_each_points_rate():
     x = torch.ones(3, 400, 50)
-    out = fused_lstm.Dropout([0.0, 0.5, 0.8], None, torch.device("cpu"), 0)(x)
+    out = fused_training.Dropout([0.0, 0.5, 0.8], None, torch.device("cpu"), 0)(x)
     assert torch.equal(out[0], x[0])
     for k, p in ((1, 0.5), (2, 0.8)):
         kept = out[k] != 0
@@ -233,9 +294,9 @@ def test_points_with_their_own_seeds_start_from_their_own_weights():
     rng = np.random.default_rng(5)
     train_x, train_y = windows_of(20, 2, rng)
     val_x, val_y = windows_of(10, 2, rng)
-    points = [fused_lstm.Point(0.01, 0.5, seed) for seed in (1, 2)]
-    a, b = fused_lstm.train_points(train_x, train_y, val_x, val_y, arch="lstm", hidden=4, points=points,
-                                   num_classes=2, epochs=1, patience=1, batch_size=8, order_seed=1)
+    points = [fused_training.Point(0.01, 0.5, seed) for seed in (1, 2)]
+    a, b = fused_training.train_points(train_x, train_y, val_x, val_y, arch="lstm", hidden=4, points=points,
+                                       num_classes=2, epochs=1, patience=1, batch_size=8, order_seed=1)
     assert not torch.equal(a.state_dict["lstm.weight_hh_l0"], b.state_dict["lstm.weight_hh_l0"])
 
 
@@ -248,7 +309,7 @@ def test_macro_f1_of_many_points_is_sklearns():
     preds = rng.integers(0, 4, (5, 50))
     preds[0] = y
     expected = [f1_score(y, p, labels=np.unique(y), average="macro", zero_division=0) for p in preds]
-    assert list(fused_lstm.macro_f1(y, preds)) == expected and expected[0] == 1.0
+    assert list(fused_training.macro_f1(y, preds)) == expected and expected[0] == 1.0
 
 
 def test_the_written_out_backward_pass_matches_autograd():
@@ -257,11 +318,17 @@ def test_the_written_out_backward_pass_matches_autograd():
     steps, groups, batch, hidden = 4, 3, 2, 3
     gx = torch.randn(steps, groups, batch, 4 * hidden, dtype=torch.float64, requires_grad=True)
     w_hh = torch.randn(groups, 4 * hidden, hidden, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda g, w: fused_lstm.Recurrence.apply(g, w, True), (gx, w_hh))
-    assert torch.autograd.gradcheck(lambda g, w: fused_lstm.Recurrence.apply(g, w, True)[1], (gx, w_hh))
+    assert torch.autograd.gradcheck(lambda g, w: fused_training.LSTMRecurrence.apply(g, w, True), (gx, w_hh))
+    assert torch.autograd.gradcheck(lambda g, w: fused_training.LSTMRecurrence.apply(g, w, True)[1], (gx, w_hh))
+    gx = torch.randn(steps, groups, batch, 3 * hidden, dtype=torch.float64, requires_grad=True)
+    w_hh = torch.randn(groups, 3 * hidden, hidden, dtype=torch.float64, requires_grad=True)
+    b_hh = torch.randn(groups, 3 * hidden, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda g, w, b: fused_training.GRURecurrence.apply(g, w, b, True), (gx, w_hh, b_hh))
+    assert torch.autograd.gradcheck(lambda g, w, b: fused_training.GRURecurrence.apply(g, w, b, True)[1],
+                                    (gx, w_hh, b_hh))
 
 
-@pytest.mark.parametrize("arch, exact", [("lstm2", True), ("bilstm", False)])
+@pytest.mark.parametrize("arch, exact", [("lstm2", True), ("bilstm", False), ("gru", True), ("transformer", False)])
 def test_points_resumed_from_a_saved_state_end_as_uninterrupted_ones(arch, exact, tmp_path):
     """The state saved after the epoch where the first point stops early (its stack is smaller then), through a
     real file (torch.save, read back as data only), continues to the same histories, best epochs and weights."""
@@ -269,15 +336,15 @@ def test_points_resumed_from_a_saved_state_end_as_uninterrupted_ones(arch, exact
     train_x, train_y = windows_of(60, 3, rng)
     val_x, val_y = windows_of(30, 3, rng)
     train_x[:, :, 0] *= 0.5
-    points = [fused_lstm.Point(0.05, 0.0, 7), fused_lstm.Point(0.01, 0.5, 7), fused_lstm.Point(0.003, 0.3, 7)]
-    common = dict(arch=arch, hidden=5, points=points, num_classes=3, epochs=10, patience=2, batch_size=16,
-                  order_seed=7, stack_size=2, exact=exact)
+    points = [fused_training.Point(0.05, 0.0, 7), fused_training.Point(0.01, 0.5, 7), fused_training.Point(0.003, 0.3, 7)]
+    common = dict(arch=arch, hidden=8 if arch == "transformer" else 5, points=points, num_classes=3, epochs=10,
+                  patience=2, batch_size=16, order_seed=7, stack_size=2, exact=exact)
     store = resume.Store(tmp_path, "key", "test")
 
     # off the exact path a one-point stack on the CPU draws its dropout from torch's global generator: both
     # runs start it alike (the saved state holds it)
     torch.manual_seed(0)
-    whole = fused_lstm.train_points(train_x, train_y, val_x, val_y, **common)
+    whole = fused_training.train_points(train_x, train_y, val_x, val_y, **common)
     first_stop = min(len(r.history) for r in whole)
     assert first_stop < max(len(r.history) for r in whole)
 
@@ -288,10 +355,10 @@ def test_points_resumed_from_a_saved_state_end_as_uninterrupted_ones(arch, exact
 
     torch.manual_seed(0)
     with pytest.raises(resume.Stopped):
-        fused_lstm.train_points(train_x, train_y, val_x, val_y, **common, on_epoch_end=save_and_stop)
+        fused_training.train_points(train_x, train_y, val_x, val_y, **common, on_epoch_end=save_and_stop)
     saved = store.load()["train"]
     assert saved["epoch"] == first_stop and sum(len(stack["index"]) for stack in saved["stacks"]) < len(points)
-    resumed = fused_lstm.train_points(train_x, train_y, val_x, val_y, **common, resume_from=saved)
+    resumed = fused_training.train_points(train_x, train_y, val_x, val_y, **common, resume_from=saved)
     for a, b in zip(whole, resumed):
         assert a.history == [{**h, "seconds": a.history[i]["seconds"]} for i, h in enumerate(b.history)]
         assert a.best_epoch == b.best_epoch and a.state_dict.keys() == b.state_dict.keys()

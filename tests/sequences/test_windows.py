@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ferseq.sequences import windows
+from ferseq.sequences import subject_medians, windows
 
 
 def features_for(spans: list[tuple[int, int, int]], missing: set[int] = frozenset(), dim: int = 4, classes: int = 2):
@@ -113,6 +113,9 @@ def test_sequence_inputs_follow_windows_features():
     both = windows.inputs(m, "both")
     assert both.shape == (3, 16, 4 + 136)
     assert np.array_equal(both[..., :4], m["embedding"]) and np.array_equal(both[..., 4:], m["landmarks"])
+    # per frame too, as ferseq predict builds its windows from the frames' features
+    frames = windows.inputs(FEATURES[1], "both")
+    assert frames.shape == (len(FEATURES[0]), 4 + 136) and np.array_equal(frames[:, 4:], FEATURES[1]["landmarks"])
     with pytest.raises(ValueError, match="windows.features"):
         windows.inputs(m, "pixels")
     with pytest.raises(ValueError, match="rerun the features stage"):
@@ -168,3 +171,46 @@ def test_uniform_sampling_spreads_over_the_whole_segment():
     assert np.array_equal(alone[1]["frames"], m["frames"][3:6])
     with pytest.raises(ValueError, match="windows.sampling"):
         windows.window_positions(10, 16, "sad", sampling="random")
+
+
+def test_a_persons_median_is_taken_once_all_of_their_videos_are_read():
+    # Person p has two videos; q one. p's median waits for p's second video and covers both.
+    rng = np.random.default_rng(3)
+    frames = {v: {"embedding": rng.normal(size=(n, 4)).astype(np.float32),
+                  "landmarks": rng.normal(size=(n, 136)).astype(np.float32)} for v, n in (("p1", 5), ("q", 3), ("p2", 6))}
+    collector = subject_medians.MedianCollector({"p": {"p1", "p2"}, "q": {"q"}})
+    collector.add("p1", np.array(["p"] * 5), frames["p1"])
+    assert collector.medians == {}
+    collector.add("q", np.array(["q"] * 3), frames["q"])
+    assert set(collector.medians) == {"q"} and "p" in collector.frames
+    collector.add("p2", np.array(["p"] * 6), frames["p2"])
+    table = collector.table()
+    assert table["subject"].tolist() == ["p", "q"] and table["frames"].tolist() == [11, 3] and not collector.frames
+    both = np.concatenate([frames["p1"]["embedding"], frames["p2"]["embedding"]])
+    assert np.allclose(table["embedding"][0], np.median(both, axis=0))
+
+
+def test_each_persons_normalised_features_have_median_zero(demo_run, tmp_path):
+    # The windows stage of the demo run wrote every person's medians beside the windows (whatever the setting).
+    fold = demo_run / "results/folds/0"
+    subjects, medians = subject_medians.read(fold / "windows" / subject_medians.FILE)
+    segments = pd.read_parquet(demo_run / "results/data/segments.parquet")
+    person = dict(zip(segments["segment_id"], segments["subject"].astype(str)))
+    stores = [windows.read_features(path) for path in windows.feature_files(fold / "features")]
+    table = pd.concat([t for t, _ in stores], ignore_index=True)
+    per_frame = {name: np.concatenate([m[name] for _, m in stores]) for name in subject_medians.COLUMNS}
+    who = table["segment_id"].map(person).to_numpy()
+    assert sorted(subjects) == sorted(set(who))
+    for i, subject in enumerate(subjects):
+        mine = who == subject
+        for name in subject_medians.COLUMNS:
+            centred = per_frame[name][mine] - medians[name][i]
+            assert np.allclose(np.median(centred, axis=0), 0, atol=1e-6), (subject, name)
+    # the windows a sequence model reads with windows.normalise: subject
+    test, matrices = windows.read(fold / "windows/test.parquet")
+    normalised = subject_medians.normalise(matrices, test["subject"], (subjects, medians))
+    index = [subjects.index(s) for s in test["subject"].astype(str)]
+    assert np.allclose(normalised["embedding"], matrices["embedding"] - medians["embedding"][index][:, None])
+    assert np.array_equal(normalised["probs"], matrices["probs"])
+    with pytest.raises(ValueError, match="no median features for subject"):
+        subject_medians.normalise(matrices, ["nobody"] * len(test), (subjects, medians), "test.parquet")

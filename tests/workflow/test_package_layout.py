@@ -10,8 +10,8 @@ from conftest import REPO
 
 PACKAGE = REPO / "src" / "ferseq"
 # The stages in pipeline order; a module may import its own stage and earlier ones only.
-STAGES = ["common", "data", "faces", "frame_model", "features", "sequences", "sequence_model", "evaluation",
-          "apply", "cli"]
+STAGES = ["common", "data", "faces", "frame_model", "features", "sequences", "sequence_model", "finetune",
+          "evaluation", "apply", "cli"]
 
 
 def stage_of(module: str) -> str | None:

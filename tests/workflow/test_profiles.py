@@ -17,7 +17,7 @@ from ferseq.common import mlflow_runs
 from ferseq.faces.batch_plan import CLIP_COST, plan_from_config, runtime_minutes
 
 SLURM_PROFILE = REPO / "workflow" / "profiles" / "slurm"
-GPU_RULES = {"frame_model", "features"}
+GPU_RULES = {"frame_model", "features", "finetune"}
 
 
 def workflow_rules(config: dict | None = None) -> tuple[dict, set[str]]:
@@ -110,7 +110,8 @@ def slurm_dry_run(tmp_path_factory) -> list[dict]:
 def test_slurm_profile_dry_run_sizes_every_job(slurm_dry_run):
     jobs = slurm_dry_run
     rules, _ = workflow_rules({})
-    assert len(jobs) == 16 and {job["rule"] for job in jobs} == {"all"} | (set(rules) - {"import_annotations", "pretrained_weights"})
+    absent = {"import_annotations", "pretrained_weights", "finetune"}  # finetune: off in the demo config
+    assert len(jobs) == 16 and {job["rule"] for job in jobs} == {"all"} | (set(rules) - absent)
     for job in jobs:
         if job["rule"] == "all":
             continue

@@ -101,16 +101,18 @@ def test_demo_dag_from_raw_videos_to_summary_then_nothing_to_do(demo_run, tmp_pa
     assert (tmp_path / "report.html").stat().st_size > 100_000
 
 
-def test_windows_features_retrains_the_grid_only(demo_run, tmp_path):
-    # Landmark sequences: windows hold every per-frame column, so windows.features reruns the grid and evaluation.
-    # The grid changes too (lstm2 only), so the selected point changes: the rerun logs into new MLflow runs
+def test_windows_features_and_normalise_retrain_the_grid_only(demo_run, tmp_path):
+    # Landmark sequences, each person's features against their own median, and a GRU beside the LSTM: windows
+    # hold every per-frame column and each person's medians, so these rerun the grid and evaluation only.
+    # The grid changes too (lstm2 and gru), so the selected point changes: the rerun logs into new MLflow runs
     # (or tags that may change), never into what the first run logged.
     shutil.copytree(demo_run, tmp_path / "run", symlinks=True)
     tmp_path = tmp_path / "run"
     results = tmp_path / "results"
     before = json.loads((results / "folds/0/sequence_model/best.json").read_text())
     both = write_config(tmp_path / "both.yaml", **{**SMALL, "sequence_model": {
-        **SMALL["sequence_model"], "architectures": ["lstm2"]}}, windows={"length": 16, "features": "both"})
+        **SMALL["sequence_model"], "architectures": ["lstm2", "gru"]}},
+        windows={"length": 16, "features": "both", "normalise": "subject"})
     rerun = run_snakemake(tmp_path, "--configfile", str(both), "--cores", "2")
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     ran = rerun.stdout + rerun.stderr
@@ -118,22 +120,37 @@ def test_windows_features_retrains_the_grid_only(demo_run, tmp_path):
         assert f"rule {upstream}" not in ran, upstream
     assert "rule sequence_model:" in ran and "rule evaluate:" in ran
     best = json.loads((results / "folds/0/sequence_model/best.json").read_text())
-    checkpoint = torch.load(tmp_path / best["model"], weights_only=True)
+    assert set(best["families"]) == {"lstm", "gru"} and best["families"]["lstm"]["arch"] == "lstm2"
+    assert best["model"] in {m["model"] for m in best["families"].values()}
+    checkpoint = torch.load(tmp_path / best["families"]["lstm"]["model"], weights_only=True)
     assert checkpoint["features"] == "both" and checkpoint["input_dim"] == 512 + 136
-    assert best["arch"] == "lstm2" != before["arch"]
+    assert checkpoint["normalise"] == "subject" and before["arch"] != "lstm2"
     # MLflow agrees with the new selection; the runs of the points no longer in the grid are superseded
     mlflow.set_tracking_uri(f"sqlite:///{results}/mlflow.db")
     runs = mlflow.search_runs(experiment_names=["ferseq-demo"], output_format="list")
     (search,) = [r for r in runs if r.data.tags["stage"] == "sequence_search"]
-    assert search.data.tags["best.arch"] == "lstm2" and search.data.tags["best.lr"] == str(best["lr"])
-    assert [r.info.run_name for r in runs if r.data.tags["stage"] == "sequence_model"] == ["lstm2-lr0.01_h16_d0.5"]
+    assert search.data.tags["best.arch"] == best["arch"] and search.data.tags["best.lr"] == str(best["lr"])
+    assert sorted(r.info.run_name for r in runs if r.data.tags["stage"] == "sequence_model") == [
+        "gru-lr0.01_h16_d0.5", "lstm2-lr0.01_h16_d0.5"]
     (cnn_lstm,) = [r for r in runs if r.data.tags.get("method") == "cnn_landmark_lstm"]
-    assert cnn_lstm.data.params["sequence_model"] == best["model"].rsplit("/", 1)[-1]
+    assert cnn_lstm.data.params["sequence_model"] == best["families"]["lstm"]["model"].rsplit("/", 1)[-1]
     assert all(r.info.status == "FINISHED" for r in runs)
-    # The sequence model's row is named by what it reads, and paired with both inputs' frame methods.
+    # Each family's row is named by what it reads, paired with both inputs' frame methods (the reference's LSTM)
+    # and with the LSTM (the GRU); the summary says the features were normalised per person.
     table = pd.read_csv(results / "evaluation/summary.csv")
-    assert "cnn_landmark_lstm" in set(table["method"]) and "cnn_lstm" not in set(table["method"])
-    assert "CNN+landmark LSTM" in (results / "evaluation/summary.md").read_text()
+    assert {"cnn_landmark_lstm", "cnn_landmark_gru"} <= set(table["method"]) and "cnn_lstm" not in set(table["method"])
+    pairs = set(zip(table.loc[table["kind"] == "difference", "method"], table.loc[table["kind"] == "difference", "versus"]))
+    assert {("cnn_landmark_lstm", "landmarks_aggregation"), ("cnn_landmark_gru", "cnn_landmark_lstm")} <= pairs
+    text = (results / "evaluation/summary.md").read_text()
+    assert "CNN+landmark LSTM" in text and "CNN+landmark GRU" in text and "Per-person normalisation" in text
+    # ferseq predict applies such a model to a new video, the video's own frames standing for its person's
+    from ferseq import cli
+
+    out = tmp_path / "predicted"
+    assert cli.main(["predict", str(DEMO / "videos/man_neutral_to_happy.mp4"), "--run", str(results),
+                     "-o", str(out)]) == 0
+    predicted = pd.read_parquet(out / "man_neutral_to_happy.parquet")
+    assert predicted["window"].sum() == 72 - 15 and predicted["cnn_lstm_label"].notna().sum() == 72 - 15
 
 
 @pytest.mark.parametrize("scheme,folds", [("holdout", 1), ("kfold", 3)])

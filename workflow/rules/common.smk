@@ -13,7 +13,7 @@ import ferseq.data.splits
 import ferseq.faces.batch_plan
 import ferseq.frame_model.pretrained_weights
 from ferseq.evaluation.predictions import methods as evaluation_methods
-from ferseq.sequence_model.grid_plan import grid, job_outputs, job_points
+from ferseq.sequence_model.grid_plan import families, grid, job_outputs, job_points
 from ferseq.sequences.windows import overlaps as windows_overlap
 
 SCHEMAS = Path(workflow.basedir) / "workflow" / "schemas"
@@ -40,6 +40,8 @@ if config["frame_model"]["pretrained"] is True and workflow.is_main_process:
 
 
 onstart:
+    if FACES_PLAN:  # rewritten only where their content changed
+        ferseq.faces.batch_plan.write_plans(FACES_PLAN, FACES_PLANS)
     # Jobs on many nodes writing one sqlite file over a shared filesystem can corrupt it.
     if workflow.non_local_exec and ferseq.common.mlflow_runs.is_local_store(config):
         logger.warning(
@@ -83,11 +85,9 @@ def plan_faces():
 
 
 FACES_PLAN = plan_faces()
-# Each batch's plan file, rewritten here when its content changed, by the process that plans the
-# DAG (not by cluster jobs): a faces batch's only input (faces.smk).
+# Each batch's plan file: written when a run starts (onstart below: not on a dry run, under the
+# lock, by the process that plans the DAG), read by the batch job (faces.smk).
 FACES_PLANS = "results/faces/batches"
-if FACES_PLAN and workflow.is_main_process:
-    ferseq.faces.batch_plan.write_plans(FACES_PLAN, FACES_PLANS)
 # The table as it was planned from: with data.import, a rerun of the import in this run changes it.
 _PLANNED_TABLE = (
     Path(config["data"]["annotations"]).stat().st_mtime_ns if FACES_PLAN else None
@@ -152,8 +152,15 @@ except ferseq.common.errors.FerseqError as err:
     # a malformed fold column or split file: its message, not a traceback
     raise WorkflowError(str(err)) from None
 GRID = grid(config["sequence_model"])
-# Every evaluated method; the sequence model's row is named by what it reads (windows.features).
-EVAL_METHODS = list(evaluation_methods(config["windows"]["features"]))
+# Whether the finetune stage runs (the CNN-LSTM fine-tuned end to end): a row of the evaluation.
+FINETUNE = bool(config.get("finetune", {}).get("enabled", False))
+# Every evaluated method: a sequence model's row is named by what it reads (windows.features) and its
+# family (one row per family the grid trains), and the fine-tuned CNN-LSTM when it runs.
+EVAL_METHODS = list(
+    evaluation_methods(
+        config["windows"]["features"], families(config["sequence_model"]), FINETUNE
+    )
+)
 
 
 def weights_file(backbone):
@@ -170,6 +177,13 @@ def pretrained_weights_input(wildcards):
     if config["frame_model"]["pretrained"] is True:
         return weights_file(config["frame_model"]["backbone"])
     return []
+
+
+# The fine-tuned CNN-LSTM of each fold (rule finetune, finetune.smk), when FINETUNE.
+FINETUNE_MODEL = "results/folds/{fold}/finetune/model.pt"
+FINETUNE_METRICS = "results/folds/{fold}/finetune/model.json"
+# window_id and probs of every test window: the evaluation's row "CNN-LSTM fine-tuned"
+FINETUNE_TEST_WINDOWS = "results/folds/{fold}/finetune/test_windows.parquet"
 
 
 def final_outputs(wildcards):
@@ -192,6 +206,7 @@ def final_outputs(wildcards):
         "results/evaluation/per_person.csv",
         "results/evaluation/per_person.png",
         "results/evaluation/differences.png",
+        *(expand(FINETUNE_MODEL, fold=FOLDS) if FINETUNE else []),
     ]
 
 

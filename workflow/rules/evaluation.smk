@@ -29,9 +29,13 @@ rule landmark_baseline:
 rule evaluate:
     input:
         test="results/folds/{fold}/windows/test.parquet",
+        # read beside the test windows when the sequence models were trained with windows.normalise: subject
+        medians="results/folds/{fold}/windows/subject_medians.parquet",
         best="results/folds/{fold}/sequence_model/best.json",
         baseline="results/folds/{fold}/landmark_baseline/model.json",
         splits="results/data/splits.parquet",
+        # the fine-tuned CNN-LSTM's test window probabilities, when the finetune stage runs
+        finetuned=FINETUNE_TEST_WINDOWS if FINETUNE else [],
     output:
         predictions="results/folds/{fold}/evaluation/predictions.parquet",
         tables=expand(
@@ -105,6 +109,7 @@ rule summary:
     params:
         resamples=config["evaluation"]["resamples"],
         confidence=config["evaluation"]["confidence"],
+        normalise=config["windows"]["normalise"],
         seed=config["seed"],
     script:
         "../scripts/summary.py"

@@ -7,14 +7,13 @@
 
 for _batch in FACES_PLAN.batches if FACES_PLAN else []:
 
-    # The batch's one input is its plan file (its videos, their files' stamps and segments),
-    # which Snakemake's start rewrites only when its content changes (common.smk): the batch
-    # reruns when that file or the faces settings change, whatever other videos do.
+    # No input: the batch's plan (its videos, their files' stamps and segments) is a parameter,
+    # by its digest, so the batch reruns exactly when its plan or the faces settings change,
+    # whatever other videos do, and a dry run says so without writing anything. The plan itself
+    # is a file that the run's start writes (common.smk) and the job reads.
     rule:
         name:
             f"faces_{_batch.name}"
-        input:
-            plan=ferseq.faces.batch_plan.plan_file(FACES_PLANS, _batch.name),
         output:
             faces=[f"results/faces/{video}.parquet" for video in _batch.videos],
             qc=f"results/faces/batches/{_batch.name}.qc.csv",
@@ -32,6 +31,8 @@ for _batch in FACES_PLAN.batches if FACES_PLAN else []:
                 _batch, config["faces"]["detector"]
             ),
         params:
+            digest=FACES_PLAN.digest(_batch),
+            plan=ferseq.faces.batch_plan.plan_file(FACES_PLANS, _batch.name),
             faces=FACES_SETTINGS,
             videos_dir=config["data"]["videos"],
             partial=f"results/faces/.partial/{_batch.name}",

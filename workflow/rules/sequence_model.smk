@@ -28,6 +28,7 @@ rule sequence_model:
     input:
         train="results/folds/{fold}/windows/train.parquet",
         val="results/folds/{fold}/windows/val.parquet",
+        medians="results/folds/{fold}/windows/subject_medians.parquet",
         parent="results/folds/{fold}/sequence_model/mlflow_parent_run.txt",
     output:
         models=job_outputs(
@@ -60,6 +61,8 @@ rule sequence_model:
         points=job_points(config["sequence_model"]),
         # what the models read (embedding, landmarks or both): a change retrains the grid
         features=config["windows"]["features"],
+        # each feature minus its person's median (windows.normalise: subject), or not
+        normalise=config["windows"]["normalise"],
         # the job's training state between attempts (removed when it succeeds)
         resume="results/folds/{fold}/sequence_model/{arch}/.resume/h{hidden}",
     script:

@@ -8,6 +8,8 @@ rule windows:
         train="results/folds/{fold}/windows/train.parquet",
         val="results/folds/{fold}/windows/val.parquet",
         test="results/folds/{fold}/windows/test.parquet",
+        # each person's median features, for windows.normalise: subject (written whatever the setting)
+        medians="results/folds/{fold}/windows/subject_medians.parquet",
         counts=report(
             "results/folds/{fold}/windows/counts.csv",
             caption="../report/window_counts.rst",

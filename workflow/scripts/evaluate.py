@@ -13,4 +13,5 @@ with logs.step(snakemake.log[0]):
         snakemake.config,
         int(snakemake.wildcards.fold),
         Path(snakemake.output.predictions).parent,
+        snakemake.input.finetuned or None,
     )

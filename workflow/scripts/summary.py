@@ -12,5 +12,6 @@ with logs.step(snakemake.log[0]):
         resamples=snakemake.params.resamples,
         seed=snakemake.params.seed,
         confidence=snakemake.params.confidence,
+        normalise=snakemake.params.normalise,
     )
     summary.log_summary(snakemake.config, table, list(outputs.values()))

@@ -17,4 +17,5 @@ with logs.step(snakemake.log[0]):
         sampling=snakemake.params.sampling,
         draws=snakemake.params.draws,
         seed=snakemake.params.seed,
+        out_medians=snakemake.output.medians,
     )

@@ -13,7 +13,8 @@ from typing import Any
 CARD_FILE = "MODEL_CARD.md"
 UNIT_NOUNS = {"subject": "people", "video": "videos", "segment": "segments"}
 METRICS = (("uar", "UAR"), ("war", "WAR"), ("macro_f1", "macro F1"))
-ARCH_NAMES = {"lstm": "LSTM", "lstm2": "two-layer LSTM", "bilstm": "bidirectional LSTM"}
+ARCH_NAMES = {"lstm": "LSTM", "lstm2": "two-layer LSTM", "bilstm": "bidirectional LSTM", "gru": "GRU",
+              "transformer": "temporal transformer"}
 FEATURE_NAMES = {"embedding": "the frame CNN's 512-d embeddings", "landmarks": "the 68 pose-normalised landmarks",
                  "both": "the frame CNN's embeddings and the 68 pose-normalised landmarks"}
 
@@ -163,6 +164,11 @@ def _limits(manifest: dict[str, Any], frame: dict) -> list[str]:
                      "CNN-LSTM's scores with care.")
     elif below is None:
         lines.append("- Whether the frame CNN clears the landmark baseline is not recorded (no run summary).")
+    if ((manifest.get("models") or {}).get("sequence_model") or {}).get("normalise") == "subject":
+        lines.append("- **Per-person normalisation** (windows.normalise: subject): the sequence model reads each "
+                     "frame's features minus its person's median over all of their frames, test people included "
+                     "(transductive); `ferseq predict` takes a video's own face frames as its person's, so a short "
+                     "video or one with a single expression shifts its inputs.")
     lines.append(f"- It knows {len(manifest['classes'])} classes only, and faces found by the `faces` settings above; "
                  "a frame without a face gets no CNN probabilities.")
     return lines

@@ -37,8 +37,9 @@ from ferseq.data import videos
 from ferseq.evaluation import landmark_baseline
 from ferseq.faces import face_extraction
 from ferseq.features import feature_extraction
+from ferseq.finetune import cnn_lstm
 from ferseq.sequence_model import grid_search
-from ferseq.sequences import windows
+from ferseq.sequences import subject_medians, windows
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,10 @@ class Bundle:
     config_hash: str | None = None
     source: str = ""
     landmark_baseline: Path | None = None
+    # windows.normalise the sequence model was trained with; "subject": a video's own frames are its person's
+    normalise: str = "none"
+    # with --finetuned: the fold's fine-tuned CNN-LSTM (finetune/model.pt), which scores the windows
+    finetuned: Path | None = None
 
 
 def _need(path: Path, what: str) -> Path:
@@ -83,14 +88,26 @@ def is_bundle(run: str | Path) -> bool:
     return (Path(run) / manifest.MANIFEST).is_file() or (Path(run) / manifest.OLD_BUNDLE).is_file()
 
 
-def load_run(run: str | Path, fold: int | None = None) -> Bundle:
+def load_run(run: str | Path, fold: int | None = None, finetuned: bool = False) -> Bundle:
     """The model of a results folder (``fold``, default the fold whose selected sequence model has the best val
     macro F1) or of an exported bundle (its checksums verified before any of its files is read).
 
     Every model file is read as data only (:mod:`ferseq.common.model_files`); one
     that is not is an error naming it.
     """
-    return _load(Path(run), fold)[0]
+    bundle = _load(Path(run), fold)[0]
+    return _with_finetuned(bundle, Path(run)) if finetuned else bundle
+
+
+def _with_finetuned(bundle: Bundle, run: Path) -> Bundle:
+    """``bundle`` with its fold's fine-tuned CNN-LSTM (``folds/{fold}/finetune/model.pt`` of a results folder)."""
+    if is_bundle(run):
+        raise ModelNotFound(f"--finetuned: {run} is a bundle, and bundles do not carry the fine-tuned CNN-LSTM; "
+                            "predict with --run RESULTS (the results folder of a run with finetune.enabled)")
+    path = _need(run / "folds" / str(bundle.fold) / "finetune" / "model.pt",
+                 f"the fine-tuned CNN-LSTM of fold {bundle.fold}: run the workflow with finetune.enabled: true")
+    bundle.finetuned, bundle.source = path, f"{bundle.source}, fine-tuned CNN-LSTM"
+    return bundle
 
 
 def _load(run: Path, fold: int | None) -> tuple[Bundle, dict[str, Any], dict[str, Any]]:
@@ -125,7 +142,7 @@ def _load(run: Path, fold: int | None) -> tuple[Bundle, dict[str, Any], dict[str
                     int(sequence.get("window_length", 16)), sequence.get("features", "embedding"), fold,
                     {"sequence_model": sequence.get("metrics", {}), "frame_model": {
                         k: checkpoint.get(k) for k in ("best_epoch", "val_loss", "val_macro_f1")}},
-                    checkpoint.get("config_hash"), source, baseline)
+                    checkpoint.get("config_hash"), source, baseline, sequence.get("normalise", "none"))
     return bundle, checkpoint, sequence
 
 
@@ -221,7 +238,7 @@ def _describe_models(frame: dict[str, Any], sequence: dict[str, Any], baseline_m
     return {"frame_model": {"file": FRAME_FILE, **pick(frame["arch"], "backbone", "input_size"),
                             **pick(frame, "best_epoch", "val_loss", "val_macro_f1", "epochs_run", "train_frames",
                                    "val_frames", "config_hash")},
-            "sequence_model": {"file": SEQUENCE_FILE, **pick(sequence, "arch", "hidden", "dropout", "input_dim"),
+            "sequence_model": {"file": SEQUENCE_FILE, **pick(sequence, "arch", "hidden", "dropout", "input_dim", "normalise"),
                                **pick(sequence.get("metrics", {}), "lr", "best_epoch", "val_loss", "val_macro_f1",
                                       "epochs_run")},
             "landmark_baseline": {"file": BASELINE_FILE, **pick(baseline, "C", "val_macro_f1", "val_accuracy",
@@ -300,8 +317,12 @@ class VideoResult:
 
 def predict_video(video: Path, bundle: Bundle, out_dir: Path, *, stride: int = 1, min_segment: int = 8,
                   annotate: bool = False, model: Any = None, sequence: Any = None, device: str | None = None,
-                  batch_size: int = 64, num_workers: int = 2) -> VideoResult:
-    """Predict one video; write ``{name}.parquet``, ``.csv``, ``.png`` (and ``.annotated.mp4``) into ``out_dir``."""
+                  batch_size: int = 64, num_workers: int = 2, window_model: Any = None) -> VideoResult:
+    """Predict one video; write ``{name}.parquet``, ``.csv``, ``.png`` (and ``.annotated.mp4``) into ``out_dir``.
+
+    ``window_model``: a frame model whose embeddings ``sequence`` reads instead of ``model``'s (the fine-tuned
+    CNN-LSTM's); the per-frame CNN columns stay ``model``'s.
+    """
     from ferseq.frame_model.network import load_frame_model
 
     started = time.perf_counter()
@@ -318,11 +339,20 @@ def predict_video(video: Path, bundle: Bundle, out_dir: Path, *, stride: int = 1
                                batch_size=batch_size, num_workers=num_workers)
         table = pq.read_table(tmp / "faces.parquet", columns=["frame", "face_found", "bbox"]).to_pandas()
         stored, per_frame = windows.read_features(tmp / "features.parquet")
+        window_frames = None
+        if window_model is not None:  # the same face rows, embedded by the fine-tuned CNN
+            feature_extraction.extract_video(window_model, tmp / "faces.parquet", {0: ""}, tmp / "window.parquet",
+                                             video_id=name, batch_size=batch_size, num_workers=num_workers)
+            window_frames = windows.read_features(tmp / "window.parquet")[1]
     n, classes = len(table), bundle.classes  # every decoded frame has its row (a container's count can be off)
     face_frames = stored["frame"].to_numpy(np.int64)
     cnn = np.full((n, len(classes)), np.nan, np.float32)
     cnn[face_frames] = per_frame["probs"]
-    lstm = window_probs(per_frame, face_frames, n, bundle.window_length, stride, cfg["missing_face"], sequence,
+    if bundle.normalise == "subject" and len(face_frames):
+        # transductive, as in training: the video's own face frames stand for its person's
+        medians = subject_medians.frame_medians(per_frame)
+        per_frame = {name: m - medians[name] if name in medians else m for name, m in per_frame.items()}
+    lstm = window_probs(per_frame if window_frames is None else window_frames, face_frames, n, bundle.window_length, stride, cfg["missing_face"], sequence,
                         bundle.features)
     has_window = ~np.isnan(lstm[:, 0])
     lstm_label = np.where(has_window, np.nan_to_num(lstm, nan=-1).argmax(axis=1), -1)
@@ -428,18 +458,23 @@ def annotate_video(video: Path, frame_table: pd.DataFrame, fps: float, out_mp4: 
 
 def predict_many(inputs: Iterable[str | Path], run: str | Path, out_dir: str | Path, *, fold: int | None = None,
                  stride: int = 1, min_segment: int = 8, annotate: bool = False, device: str | None = None,
-                 batch_size: int = 64, num_workers: int = 2) -> tuple[list[VideoResult], list[str]]:
+                 batch_size: int = 64, num_workers: int = 2, finetuned: bool = False
+                 ) -> tuple[list[VideoResult], list[str]]:
     """Predict every video of ``inputs`` (files, image folders, or folders of videos); return results and failures.
 
     A video that is missing or cannot be read is named and skipped; the others go on.
     """
     from ferseq.frame_model.network import load_frame_model
 
-    bundle = load_run(run, fold)
+    bundle = load_run(run, fold, finetuned)
     if stride < 1 or min_segment < 1:
         raise FerseqError("--stride and --min-segment must be at least 1")
     model = load_frame_model(bundle.frame_model, device)
     sequence = grid_search.load_model(bundle.sequence_model)[0]
+    window_model = None
+    if bundle.finetuned:  # its CNN embeds the frames its LSTM reads; the CNN columns stay the frame model's
+        joint = cnn_lstm.load(bundle.finetuned, device)[0]
+        window_model, sequence = joint.frame, joint.sequence.cpu()
     log.info("model: %s (classes %s, windows of %d frames, sequence input %s)", bundle.source, bundle.classes,
              bundle.window_length, bundle.features)
     results, failed = [], []
@@ -447,7 +482,7 @@ def predict_many(inputs: Iterable[str | Path], run: str | Path, out_dir: str | P
         try:
             result = predict_video(video, bundle, Path(out_dir), stride=stride, min_segment=min_segment,
                                    annotate=annotate, model=model, sequence=sequence, batch_size=batch_size,
-                                   num_workers=num_workers)
+                                   num_workers=num_workers, window_model=window_model)
         except (FerseqError, OSError, ValueError) as err:
             log.error("%s: skipped: %s", video, err)
             failed.append(f"{video}: {err}")

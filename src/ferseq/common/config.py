@@ -11,6 +11,10 @@ from typing import Any
 
 from ferseq.common.errors import ConfigError
 
+# The transformer sequence model's attention heads: its width (sequence_model.hidden) must divide by it.
+# Here, not in ferseq.sequence_model, because the config check runs without torch and before any stage.
+TRANSFORMER_HEADS = 4
+
 
 def explain(config: dict[str, Any], schema: str | Path) -> str:
     """Every schema violation of ``config``, one line each, named by its key.
@@ -75,9 +79,41 @@ def check(config: dict[str, Any]) -> None:
         if len(set(stems)) < len(stems):
             problems.append(f"sequence_model.{key}: {values} has values that are equal to 6 significant digits")
 
+    if "transformer" in grid_cfg.get("architectures", []):
+        odd = [h for h in grid_cfg.get("hidden", []) if h % TRANSFORMER_HEADS]
+        if odd:
+            problems.append(f"sequence_model.hidden: {odd} not divisible by {TRANSFORMER_HEADS}, the transformer's "
+                            f"attention heads (its width is hidden); use multiples of {TRANSFORMER_HEADS} or drop "
+                            "transformer from sequence_model.architectures")
+
     pretrained = config.get("frame_model", {}).get("pretrained", False)
     if isinstance(pretrained, str) and not Path(pretrained).is_file():
         problems.append(f"frame_model.pretrained: checkpoint {pretrained!r} does not exist")
 
+    problems += _finetune_problems(config)
+
     if problems:
         raise ConfigError("config problems:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+def _finetune_problems(config: dict[str, Any]) -> list[str]:
+    """What makes ``finetune.enabled`` impossible: fine-tuning trains the CNN under the LSTM, so the LSTM must read
+    the CNN's embedding as it is (not landmarks; not minus medians taken from the embeddings before fine-tuning)."""
+    if not config.get("finetune", {}).get("enabled"):
+        return []
+    problems = []
+    windows_cfg = config.get("windows", {})
+    features = windows_cfg.get("features", "embedding")
+    if features != "embedding":
+        problems.append(f"finetune.enabled: fine-tuning trains the frame CNN under the LSTM, which needs "
+                        f"windows.features: embedding, not {features!r} (set finetune.enabled: false, or "
+                        "windows.features: embedding)")
+    if windows_cfg.get("normalise", "none") != "none":
+        problems.append(f"finetune.enabled: windows.normalise: {windows_cfg['normalise']!r} subtracts medians of the "
+                        "embeddings before fine-tuning, which the fine-tuned CNN changes; use windows.normalise: "
+                        "none with finetune.enabled")
+    architectures = config.get("sequence_model", {}).get("architectures", ["lstm"])
+    if not set(architectures) & {"lstm", "lstm2", "bilstm"}:
+        problems.append(f"finetune.enabled: fine-tuning starts from the grid's best LSTM, but "
+                        f"sequence_model.architectures {architectures} has none of lstm, lstm2, bilstm")
+    return problems

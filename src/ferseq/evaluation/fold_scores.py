@@ -42,9 +42,15 @@ def level_tables(ids: pd.DataFrame, probs: dict[str, np.ndarray], classes: list[
 
 
 def score_fold(predictions_path: str | Path, config: dict[str, Any], fold: int, out_dir: str | Path,
-               model_name: str = "") -> dict[str, pd.DataFrame]:
-    """Write ``{method}.csv`` and ``{method}.png`` from a fold's predictions, and log one MLflow run per method."""
+               model_names: dict[str, str] | None = None) -> dict[str, pd.DataFrame]:
+    """Write ``{method}.csv`` and ``{method}.png`` from a fold's predictions, and log one MLflow run per method.
+
+    ``model_names``: method -> the sequence model file it used, logged as the run's ``sequence_model`` param
+    (the other methods log the first sequence model's, as the evaluation's reference).
+    """
     ids, probs, classes, names = predictions.read(predictions_path)
+    model_names = model_names or {}
+    default_model = next(iter(model_names.values()), "")
     out_dir = Path(out_dir)
     results = {}
     for method, name in names.items():
@@ -67,7 +73,7 @@ def score_fold(predictions_path: str | Path, config: dict[str, Any], fold: int, 
         # Logged through a journal (tracking.open_run): an unreachable tracking server neither fails nor stalls it.
         with mlflow_runs.open_run(config, "evaluate", fold=fold, run_name=f"evaluate-{method}-fold{fold}",
                                tags={"method": method}) as run:
-            run.log_params({"method": method, "name": name, "level": native, "sequence_model": model_name,
+            run.log_params({"method": method, "name": name, "level": native, "sequence_model": model_names.get(method, default_model),
                             "test_items": int(own.iloc[-1]["support"])})
             # macro_f1 and accuracy at the method's own level: the names of the reference's tables
             run.log_metrics({**summary, "macro_f1": own.iloc[-2]["f1"], "accuracy": own.iloc[-1]["f1"]})
@@ -79,15 +85,30 @@ def score_fold(predictions_path: str | Path, config: dict[str, Any], fold: int, 
     return results
 
 
-def evaluate_fold(test_windows: str | Path, best_json: str | Path, baseline_path: str | Path, splits_path: str | Path,
-                  config: dict[str, Any], fold: int, out_dir: str | Path) -> dict[str, pd.DataFrame]:
-    """The evaluate stage: ``predictions.parquet`` first, then every method's tables and plots from it."""
+def selected_models(best_json: str | Path, config: dict[str, Any]) -> dict[str, str]:
+    """family -> the model file of that family's best grid point (``best.json``), in the grid's family order."""
+    from ferseq.sequence_model.grid_plan import families, family
+
     best = json.loads(Path(best_json).read_text())
+    chosen = best.get("families") or {family(best["arch"]): best}
+    order = [f for f in families(config["sequence_model"]) if f in chosen] or list(chosen)
+    return {f: chosen[f]["model"] for f in order}
+
+
+def evaluate_fold(test_windows: str | Path, best_json: str | Path, baseline_path: str | Path, splits_path: str | Path,
+                  config: dict[str, Any], fold: int, out_dir: str | Path,
+                  finetuned: str | Path | None = None) -> dict[str, pd.DataFrame]:
+    """The evaluate stage: ``predictions.parquet`` first, then every method's tables and plots from it.
+
+    ``finetuned``: the finetune stage's test window probabilities, when it ran (the row "CNN-LSTM fine-tuned").
+    """
+    models = selected_models(best_json, config)
     out_dir = Path(out_dir)
-    ids, _, _ = predictions.predict_fold(test_windows, best["model"], baseline_path, splits_path,
-                                         config["classes"]["names"], fold, out_dir / PREDICTIONS)
+    ids, _, names = predictions.predict_fold(test_windows, models, baseline_path, splits_path,
+                                         config["classes"]["names"], fold, out_dir / PREDICTIONS, finetuned)
     counts = ids["level"].value_counts()
     log.info("fold %d predictions: %d frames, %d windows, %d segments (%d shorter than one window) -> %s", fold,
              counts.get("frame", 0), counts.get("window", 0), counts.get("segment", 0),
              int(ids.loc[ids["level"] == "segment", "short_segment"].sum()), out_dir / PREDICTIONS)
-    return score_fold(out_dir / PREDICTIONS, config, fold, out_dir, Path(best["model"]).name)
+    return score_fold(out_dir / PREDICTIONS, config, fold, out_dir,
+                      {key: Path(models[f]).name for key, _, f in predictions.sequence_rows(names)})

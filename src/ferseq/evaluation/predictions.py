@@ -7,8 +7,11 @@ probability vector per method (NaN where the method does not score that level).
 
 Methods (:func:`methods`): the frame CNN per frame (``per_frame``), frame
 aggregation (mean of its softmax over a window, ``aggregation``), the selected
-sequence model on the window (named by what it reads, :data:`SEQUENCE_METHODS`),
-and the landmark baseline per frame and as its window mean. Levels:
+sequence model of each family the grid trained on the window (named by what it
+reads and its family, e.g. ``cnn_lstm`` "CNN-LSTM", ``cnn_transformer``
+"CNN-Transformer"), the CNN-LSTM fine-tuned end to end when the finetune stage
+ran (``cnn_lstm_finetuned``), and the landmark baseline per frame and as its
+window mean. Levels:
 
 - ``window``: the test windows of ``windows.length`` frames (the reference's
   items). Frame methods do not score windows.
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -35,27 +39,59 @@ from ferseq.sequences import windows
 
 LEVELS = ("frame", "window", "segment")
 FRAME_METHODS = ("per_frame", "landmarks")
-#: The sequence model's row, by ``windows.features``: key and name say what it reads.
-SEQUENCE_METHODS = {"embedding": ("cnn_lstm", "CNN-LSTM"), "landmarks": ("landmark_lstm", "landmark-LSTM"),
-                    "both": ("cnn_landmark_lstm", "CNN+landmark LSTM")}
-#: What each method reads per frame (the sequence models: their windows.features).
-READS = {"per_frame": "frame CNN", "aggregation": "frame CNN", "landmarks": "landmarks",
-         "landmarks_aggregation": "landmarks", "cnn_lstm": "CNN embeddings", "landmark_lstm": "landmarks",
-         "cnn_landmark_lstm": "CNN embeddings + landmarks"}
+#: What a sequence model's row is named by, by ``windows.features``: (key prefix, name pattern, what it reads).
+INPUTS = {"embedding": ("cnn", "CNN-{}", "CNN embeddings"), "landmarks": ("landmark", "landmark-{}", "landmarks"),
+          "both": ("cnn_landmark", "CNN+landmark {}", "CNN embeddings + landmarks")}
+#: Each family of sequence models (:data:`ferseq.sequence_model.grid_plan.FAMILIES`) as a row name says it.
+FAMILY_NAMES = {"lstm": "LSTM", "gru": "GRU", "transformer": "Transformer"}
+#: The sequence model's row, by ``windows.features``, for the reference's LSTMs: key and name say what it reads.
+SEQUENCE_METHODS = {features: (f"{prefix}_lstm", pattern.format("LSTM"))
+                    for features, (prefix, pattern, _) in INPUTS.items()}
+#: The CNN-LSTM fine-tuned end to end (the finetune stage), when it ran: a window method.
+FINETUNED = ("cnn_lstm_finetuned", "CNN-LSTM fine-tuned")
+FRAME_READS = {"per_frame": "frame CNN", "aggregation": "frame CNN", "landmarks": "landmarks",
+               "landmarks_aggregation": "landmarks", FINETUNED[0]: "face crops"}
 ID_COLUMNS = ["level", "fold", "unit", "subject", "video_id", "segment_id", "window_id", "frame", "label",
               "short_segment"]
 
 
-def sequence_method(features: str) -> str:
-    """The sequence model's method key for ``windows.features``."""
-    return SEQUENCE_METHODS[features][0]
+def sequence_method(features: str, family: str = "lstm") -> str:
+    """The method key of a sequence-model family for ``windows.features``, e.g. ``cnn_lstm``, ``landmark_gru``."""
+    return f"{INPUTS[features][0]}_{family}"
 
 
-def methods(features: str = "embedding") -> dict[str, str]:
-    """``key -> name`` of every evaluated method, in table order, for the sequence model's ``windows.features``."""
-    key, name = SEQUENCE_METHODS[features]
-    return {"per_frame": "per-frame CNN", "aggregation": "frame aggregation", key: name,
-            "landmarks": "landmark baseline, per frame", "landmarks_aggregation": "landmark baseline, window mean"}
+def sequence_name(features: str, family: str = "lstm") -> str:
+    """The row name of a sequence-model family for ``windows.features``, e.g. ``CNN-LSTM``, ``CNN-Transformer``."""
+    return INPUTS[features][1].format(FAMILY_NAMES[family])
+
+
+def sequence_rows(names: Iterable[str]) -> list[tuple[str, str, str]]:
+    """``(key, features, family)`` of each sequence-model row among method keys, in their order."""
+    found = []
+    for key in names:
+        for features, (prefix, _, _) in sorted(INPUTS.items(), key=lambda item: -len(item[1][0])):
+            family = key[len(prefix) + 1:] if key.startswith(prefix + "_") else None
+            if family in FAMILY_NAMES:
+                found.append((key, features, family))
+                break
+    return found
+
+
+def reads(method: str) -> str:
+    """What a method reads per frame (a sequence model: its windows.features)."""
+    rows = sequence_rows([method])
+    return INPUTS[rows[0][1]][2] if rows else FRAME_READS.get(method, "")
+
+
+def methods(features: str = "embedding", families: Sequence[str] = ("lstm",), finetuned: bool = False) -> dict[str, str]:
+    """``key -> name`` of every evaluated method, in table order: the frame methods, one sequence model per family
+    of the grid (the reference's LSTMs first), the fine-tuned CNN-LSTM when it ran, the landmark baseline."""
+    out = {"per_frame": "per-frame CNN", "aggregation": "frame aggregation"}
+    out.update({sequence_method(features, f): sequence_name(features, f) for f in families})
+    if finetuned:
+        out[FINETUNED[0]] = FINETUNED[1]
+    out.update({"landmarks": "landmark baseline, per frame", "landmarks_aggregation": "landmark baseline, window mean"})
+    return out
 
 
 def native_level(method: str) -> str:
@@ -68,20 +104,29 @@ def method_levels(method: str) -> tuple[str, str]:
     return native_level(method), "segment"
 
 
-def pairs(features: str = "embedding") -> list[tuple[str, str]]:
-    """The paired comparisons ``(a, b)`` (a minus b) that answer the question, first the verdict's.
+def pairs(names: Iterable[str]) -> list[tuple[str, str]]:
+    """The paired comparisons ``(a, b)`` (a minus b) among the method keys ``names``, first the verdict's.
 
-    A sequence model is compared with the frame methods of its own input; both
-    inputs together are compared with each.
+    The first sequence model (the reference's LSTMs when the grid has them) is
+    compared with the frame methods of its own input (both inputs together with
+    each); every other family and the fine-tuned CNN-LSTM with the first
+    sequence model and with frame aggregation.
     """
-    seq = sequence_method(features)
+    names = list(names)
+    rows = sequence_rows(names)
+    if not rows:
+        raise ValueError(f"no sequence model among the methods {names}")
+    (first, features, _), others = rows[0], [key for key, _, _ in rows[1:]]
     if features == "embedding":
-        first = [(seq, "aggregation"), (seq, "per_frame")]
+        frame = ["aggregation", "per_frame"]
     elif features == "landmarks":
-        first = [(seq, "landmarks_aggregation"), (seq, "landmarks")]
+        frame = ["landmarks_aggregation", "landmarks"]
     else:
-        first = [(seq, "aggregation"), (seq, "landmarks_aggregation"), (seq, "per_frame")]
-    return first + [("aggregation", "per_frame"), ("per_frame", "landmarks"), ("landmarks_aggregation", "landmarks")]
+        frame = ["aggregation", "landmarks_aggregation", "per_frame"]
+    out = [(first, b) for b in frame]
+    for key in others + ([FINETUNED[0]] if FINETUNED[0] in names else []):
+        out += [(key, first), (key, frame[0])]
+    return out + [("aggregation", "per_frame"), ("per_frame", "landmarks"), ("landmarks_aggregation", "landmarks")]
 
 
 # The id columns of repeated text: categorical in memory, dictionary-encoded in the file.
@@ -194,38 +239,73 @@ def read(path: str | Path) -> tuple[pd.DataFrame, dict[str, np.ndarray], list[st
     return ids, probs, classes, names
 
 
-def predict_fold(test_windows: str | Path, model_path: str | Path, baseline_path: str | Path, splits_path: str | Path,
-                 classes: list[str], fold: int, out_path: str | Path) -> tuple[pd.DataFrame, dict[str, np.ndarray], dict[str, str]]:
-    """Run every method on a fold's test windows and write ``predictions.parquet``; return what was written."""
+def read_window_probs(path: str | Path, window_ids: np.ndarray, classes: list[str]) -> np.ndarray:
+    """A window method's probabilities computed by another stage (e.g. ``finetune/test_windows.parquet``: columns
+    ``window_id`` and ``probs``), in the order of ``window_ids``; every test window must be there once."""
+    table = pq.read_table(path, columns=["window_id", "probs"])
+    ids = table.column("window_id").to_numpy()
+    probs = np.array(table.column("probs").combine_chunks().flatten().to_numpy(zero_copy_only=False), np.float32)
+    if len(ids) and probs.size != len(ids) * len(classes):
+        raise ValueError(f"{path}: probabilities of {probs.size // max(len(ids), 1)} classes, config has {len(classes)}")
+    probs = probs.reshape(len(ids), len(classes))
+    position = pd.Series(np.arange(len(ids)), index=ids)
+    if position.index.has_duplicates or set(window_ids) != set(ids):
+        raise ValueError(f"{path}: does not hold every test window once ({len(ids)} rows for {len(window_ids)} test "
+                         "windows); rerun the stage that wrote it")
+    return probs[position.loc[window_ids].to_numpy()]
+
+
+def predict_fold(test_windows: str | Path, models: dict[str, str | Path], baseline_path: str | Path,
+                 splits_path: str | Path, classes: list[str], fold: int, out_path: str | Path,
+                 finetuned: str | Path | None = None) -> tuple[pd.DataFrame, dict[str, np.ndarray], dict[str, str]]:
+    """Run every method on a fold's test windows and write ``predictions.parquet``; return what was written.
+
+    ``models``: family -> the selected sequence model of that family (the reference's LSTMs first);
+    ``finetuned``: the fine-tuned CNN-LSTM's test window probabilities, when the finetune stage ran.
+    """
     import torch
 
     from ferseq.evaluation import landmark_baseline
     from ferseq.sequence_model import grid_search
+    from ferseq.sequences import subject_medians
 
-    model, checkpoint = grid_search.load_model(model_path)
-    if checkpoint["classes"] != classes:
-        raise ValueError(f"{model_path}: trained for classes {checkpoint['classes']}, config has {classes}")
+    if not models:
+        raise ValueError(f"fold {fold}: no sequence model to evaluate")
+    loaded = {family: grid_search.load_model(path) for family, path in models.items()}
+    for family, (_, checkpoint) in loaded.items():
+        if checkpoint["classes"] != classes:
+            raise ValueError(f"{models[family]}: trained for classes {checkpoint['classes']}, config has {classes}")
     baseline, baseline_classes = landmark_baseline.load(baseline_path)
     if baseline_classes != classes:
         raise ValueError(f"{baseline_path}: trained for classes {baseline_classes}, config has {classes}")
-    features = checkpoint.get("features", "embedding")
     table, matrices = windows.read(test_windows)
     if windows.FRAMES not in matrices or "padded" not in table:
         raise ValueError(f"{test_windows}: written by an older ferseq (no frames/padded columns); rerun the windows "
                          "stage (snakemake --forcerun windows)")
     splits = pd.read_parquet(splits_path, columns=["fold", "segment_id", "unit"])
     units = dict(splits.loc[splits["fold"] == fold, ["segment_id", "unit"]].itertuples(index=False))
-    with torch.inference_mode():
-        x = torch.tensor(windows.inputs(matrices, features))
-        # In chunks: a corpus's test windows need not fit the model's activations at once.
-        sequence = torch.cat([model(chunk).softmax(dim=1) for chunk in x.split(4096)]).numpy() if len(x) else \
-            np.zeros((0, len(classes)), np.float32)
+    sequence_probs = {}
+    for family, (model, checkpoint) in loaded.items():
+        features = checkpoint.get("features", "embedding")
+        inputs = matrices
+        if checkpoint.get("normalise", "none") == "subject":
+            medians = subject_medians.read(Path(test_windows).parent / subject_medians.FILE)
+            inputs = subject_medians.normalise(matrices, table["subject"], medians, str(test_windows))
+        with torch.inference_mode():
+            x = torch.tensor(windows.inputs(inputs, features))
+            # In chunks: a corpus's test windows need not fit the model's activations at once.
+            sequence_probs[sequence_method(features, family)] = (
+                torch.cat([model(chunk).softmax(dim=1) for chunk in x.split(4096)]).numpy() if len(x)
+                else np.zeros((0, len(classes)), np.float32))
     cnn = matrices["probs"]
     landmarks = landmark_baseline.predict_proba(baseline, matrices["landmarks"], len(classes))
-    names = methods(features)
+    window_probs = {"aggregation": cnn.mean(axis=1), **sequence_probs}
+    if finetuned is not None:
+        window_probs[FINETUNED[0]] = read_window_probs(finetuned, table["window_id"].to_numpy(np.int64), classes)
+    names = methods(features, list(models), finetuned is not None)
+    window_probs["landmarks_aggregation"] = landmarks.mean(axis=1)
     ids, probs = build(table, matrices[windows.FRAMES], {"per_frame": cnn, "landmarks": landmarks},
-                       {"aggregation": cnn.mean(axis=1), sequence_method(features): sequence,
-                        "landmarks_aggregation": landmarks.mean(axis=1)}, fold, units)
+                       window_probs, fold, units)
     write(out_path, ids, probs, classes, names)
     return ids, probs, names
 

@@ -57,8 +57,8 @@ class Pooled:
 
     @property
     def features(self) -> str:
-        """The sequence model's ``windows.features``, from its method key."""
-        return next(f for f, (key, _) in predictions.SEQUENCE_METHODS.items() if key in self.names)
+        """The sequence models' ``windows.features``, from their method keys."""
+        return predictions.sequence_rows(self.names)[0][1]
 
 
 def pool(files: Sequence[str | Path]) -> Pooled:
@@ -145,7 +145,7 @@ def analyse(pooled: Pooled, resamples: int = RESAMPLES, seed: int = 42,
                          "metric": metric, "value": _pct(s.point[metric]), "ci_low": _pct(low), "ci_high": _pct(high),
                          "p_value": np.nan, "fold_mean": _pct(mean), "fold_std": _pct(std),
                          "units": int((s.per_unit.sum(axis=(1, 2)) > 0).sum()), "items": items})
-    for a, b in predictions.pairs(pooled.features):
+    for a, b in predictions.pairs(pooled.names):
         for la, lb in (("segment", "segment"), (predictions.native_level(a), predictions.native_level(b))):
             sa, sb = scored[(a, la)], scored[(b, lb)]
             for metric in metrics.METRICS:
@@ -242,7 +242,7 @@ def baseline_note(below: int, folds: int) -> str:
 
 
 def markdown(table: pd.DataFrame, pooled: Pooled, split_summary: pd.DataFrame, unit: str, leak: bool, below: int,
-             resamples: int, confidence: float) -> str:
+             resamples: int, confidence: float, normalise: str = "none") -> str:
     """``summary.md``: the verdict, the scores and differences with their intervals, what was scored, the caveats."""
     nouns = UNIT_NOUNS.get(unit, (unit, unit + "s"))
     folds, names = len(pooled.folds), pooled.names
@@ -255,7 +255,7 @@ def markdown(table: pd.DataFrame, pooled: Pooled, split_summary: pd.DataFrame, u
         return frame[mask].iloc[0]
 
     verdict = []
-    for k, (a, b) in enumerate(predictions.pairs(pooled.features)[:2]):
+    for k, (a, b) in enumerate(predictions.pairs(pooled.names)[:2]):
         row = find(diffs, method=a, versus=b, level="segment", metric="uar")
         verdict.append(verdict_sentence(row, names[a], names[b], int(row["units"]), nouns, folds, confidence, k == 0))
     pct = round(100 * confidence)
@@ -272,6 +272,11 @@ def markdown(table: pd.DataFrame, pooled: Pooled, split_summary: pd.DataFrame, u
                   f"{nouns[1]}, not people.", ""]
     else:
         lines += [f"Splits are by subject{how}: no person is in two splits of a fold.", ""]
+    if normalise == "subject":
+        lines += ["**Per-person normalisation** (windows.normalise: subject): the sequence models read each frame's "
+                  "features minus its person's median over all of their face frames, test people's included "
+                  "(transductive: their frames are seen, never their labels). The frame methods are not normalised.",
+                  ""]
     several = folds > 1
     lines += [f"## Scores ({pct}% intervals over test {nouns[1]})", "",
               "Segment level: each test segment (a clip) scored once, by the mean of its windows' (or frames') "
@@ -288,7 +293,7 @@ def markdown(table: pd.DataFrame, pooled: Pooled, split_summary: pd.DataFrame, u
         ref = REFERENCE.get(method, (np.nan, np.nan))
         folds_cell = (f" {uar['fold_mean']:.1f} ± {uar['fold_std']:.1f} / {war['fold_mean']:.1f} ± {war['fold_std']:.1f} |"
                       if several else "")
-        lines.append(f"| {name} | {predictions.READS.get(method, '')} | {_cell(uar['value'], uar['ci_low'], uar['ci_high'])} | "
+        lines.append(f"| {name} | {predictions.reads(method)} | {_cell(uar['value'], uar['ci_low'], uar['ci_high'])} | "
                      f"{_cell(war['value'], war['ci_low'], war['ci_high'])} | "
                      f"{_cell(f1['value'], f1['ci_low'], f1['ci_high'])} ({own}s) |{folds_cell} "
                      f"{'' if np.isnan(ref[0]) else f'{ref[0]:.2f}'} | {'' if np.isnan(ref[1]) else f'{ref[1]:.2f}'} |")
@@ -330,8 +335,10 @@ def markdown(table: pd.DataFrame, pooled: Pooled, split_summary: pd.DataFrame, u
 
 
 def summarize(prediction_files: Sequence[str | Path], split_summary: str | Path, outputs: dict[str, str | Path],
-              resamples: int = RESAMPLES, seed: int = 42, confidence: float = CONFIDENCE) -> pd.DataFrame:
-    """The summary stage: ``outputs`` names csv, md, per_person (CSV), per_person_png and differences_png."""
+              resamples: int = RESAMPLES, seed: int = 42, confidence: float = CONFIDENCE,
+              normalise: str = "none") -> pd.DataFrame:
+    """The summary stage: ``outputs`` names csv, md, per_person (CSV), per_person_png and differences_png;
+    ``normalise``: windows.normalise of the sequence models (said in ``summary.md``)."""
     pooled = pool(prediction_files)
     table, scored = analyse(pooled, resamples, seed, confidence)
     splits = pd.read_csv(split_summary)
@@ -350,7 +357,7 @@ def summarize(prediction_files: Sequence[str | Path], split_summary: str | Path,
                                      outputs["per_person_png"])
     plots.plot_differences(table[table["kind"] == "difference"], outputs["differences_png"])
     with atomic_path(outputs["md"]) as tmp:
-        tmp.write_text(markdown(table, pooled, splits, unit, leak, below, resamples, confidence))
+        tmp.write_text(markdown(table, pooled, splits, unit, leak, below, resamples, confidence, normalise))
     log.info("summary of %d fold(s), %d test %s:\n%s", len(pooled.folds), len(pooled.units), nouns[1],
              Path(outputs["md"]).read_text())
     return full

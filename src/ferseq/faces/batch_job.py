@@ -51,10 +51,19 @@ class BatchError(FerseqError, RuntimeError):
     """Some videos of a faces batch failed; the message names each one and why."""
 
 
-def read_plan(path: str | Path) -> tuple[str, dict[str, tuple[str, face_extraction.Ranges]]]:
+def read_plan(path: str | Path, digest: str | None = None) -> tuple[str, dict[str, tuple[str, face_extraction.Ranges]]]:
     """A batch plan file: the batch's name and ``video_id -> (video path below the videos folder, segment ranges
-    (start, end, segment_id, label))``, in the plan's order."""
-    record = json.loads(Path(path).read_text())
+    (start, end, segment_id, label))``, in the plan's order; ``digest``: the plan the DAG made
+    (:meth:`ferseq.faces.batch_plan.FacesPlan.digest`), which the file must be."""
+    path = Path(path)
+    if not path.is_file():
+        raise FerseqError(f"{path}: this faces batch's plan is missing (Snakemake writes it when a run starts, "
+                          "unless --no-hooks is given): run the same command again without --no-hooks")
+    text = path.read_text()
+    if digest is not None and batch_plan.plan_digest(text) != digest:
+        raise FerseqError(f"{path}: this faces batch's plan changed after this run planned it (another snakemake "
+                          "started meanwhile, or the file was edited): run the same command again")
+    record = json.loads(text)
     return record["batch"], {video["video_id"]: (video["video"], [(int(start), int(end), int(sid), label)
                                                                    for sid, start, end, label in video["segments"]])
                              for video in record["videos"]}
@@ -97,10 +106,12 @@ def _faces_of(path: Path, ranges: face_extraction.Ranges, cfg: dict[str, Any], o
 
 
 def run_batch(plan_json: str | Path, videos_dir: str | Path, cfg: dict[str, Any], out_parquets: list[str | Path],
-              out_qc: str | Path, partial_dir: str | Path, strict: bool = True) -> list[dict[str, Any]]:
+              out_qc: str | Path, partial_dir: str | Path, strict: bool = True,
+              digest: str | None = None) -> list[dict[str, Any]]:
     """The faces job of one batch; return the rows of its QC table (those of :func:`ferseq.faces.face_extraction.extract_faces`).
 
-    ``plan_json``: the batch's plan file (:func:`read_plan`); ``out_parquets``:
+    ``plan_json``: the batch's plan file (:func:`read_plan`), which must be the plan of
+    ``digest`` when given; ``out_parquets``:
     its videos' faces files, in the plan's order. ``strict`` (``data.strict``):
     false keeps going past a video that cannot be read (an empty faces file)
     and a segment past the end of its video (the frames there are), as the data
@@ -111,7 +122,7 @@ def run_batch(plan_json: str | Path, videos_dir: str | Path, cfg: dict[str, Any]
     cv2.setNumThreads(1)
     cfg = {**face_extraction.DEFAULTS, **cfg}
     started = time.perf_counter()
-    batch, table = read_plan(plan_json)
+    batch, table = read_plan(plan_json, digest)
     ids = list(table)
     if len(ids) != len(out_parquets):
         raise FerseqError(f"faces batch {batch}: {len(out_parquets)} outputs for the {len(ids)} videos of {plan_json}; "

@@ -131,6 +131,20 @@ class FacesPlan:
              "segments": [list(segment) for segment in self.videos[vid].segments]} for vid in batch.videos]}
 
 
+    def text(self, batch: Batch) -> str:
+        """A batch's plan file, as :func:`write_plans` writes it."""
+        return json.dumps(self.record(batch), indent=1) + "\n"
+
+    def digest(self, batch: Batch) -> str:
+        """A short hash of a batch's plan: a rule parameter, so a batch reruns exactly when its plan changes."""
+        return plan_digest(self.text(batch))
+
+
+def plan_digest(text: str) -> str:
+    """:meth:`FacesPlan.digest` of a plan file's text."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
 def plan_file(folder: str | Path, batch: str) -> Path:
     """The plan file of a batch (:func:`write_plans`)."""
     return Path(folder) / f"{batch}.plan.json"
@@ -139,14 +153,15 @@ def plan_file(folder: str | Path, batch: str) -> Path:
 def write_plans(plan: FacesPlan, folder: str | Path) -> int:
     """Write each batch's plan file into ``folder`` where its content changed (atomically); return how many.
 
-    A file left as it was keeps its modification time, so Snakemake reruns only the batches whose file changed.
+    Called when a run starts (not on a dry run), under Snakemake's lock, by the process that plans the DAG; the
+    batch job checks that the file it reads is the plan of its DAG (:meth:`FacesPlan.digest`).
     """
     from ferseq.common.outputs import atomic_path
 
     written = 0
     for batch in plan.batches:
         path = plan_file(folder, batch.name)
-        text = json.dumps(plan.record(batch), indent=1) + "\n"
+        text = plan.text(batch)
         if path.is_file() and path.read_text() == text:
             continue
         path.parent.mkdir(parents=True, exist_ok=True)

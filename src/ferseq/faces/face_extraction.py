@@ -24,7 +24,7 @@ landmarks   list<float32> (136 long)         68 points x0, y0, x1, y1, ... (resh
 crop        binary                           encoded JPEG/PNG, crop_size x crop_size; null without a face
 =========== ================================ =====================================
 
-The schema metadata (key ``ferseq.faces.face_extraction``, JSON) records crop size and format,
+The schema metadata (key ``ferseq.faces``, JSON) records crop size and format,
 detector and the template positions of eyes and mouth. A QC CSV gives, per
 segment and for the whole video, frames, faces found and detection rate.
 """
@@ -273,7 +273,8 @@ def process_video(video_path: Path, ranges: Ranges, cfg: dict[str, Any], out_par
     """The faces of one video's ``ranges`` (:func:`segment_ranges`) into ``out_parquet``; return its QC rows.
 
     :func:`extract_faces` without the QC file and the no-face check (:func:`check_found`). A video that ends
-    before a range does is an error, unless ``lenient_end`` (the frames it has are kept, with a warning).
+    before a range does is an error, unless ``lenient_end``: then, with a warning, the ranges it holds whole give
+    its QC rows (the frames decoded stay in the file; the data stage drops the other ranges' rows).
     """
     ranges = check_ranges(ranges, video_path)
     if to_end:  # the last range ends where the decoder stops
@@ -319,7 +320,12 @@ def process_video(video_path: Path, ranges: Ranges, cfg: dict[str, Any], out_par
                    "the video's end?")
         if not lenient_end:
             raise VideoError(message)
-        log.warning("%s (data.strict: false: the data stage drops its rows; the frames decoded are kept)", message)
+        log.warning("%s (data.strict: false: the data stage drops its rows)", message)
+        # The segments the video does not hold whole are the rows the data stage drops: out of the QC and the
+        # no-face check (features and training skip their frames); none left is a video without kept segments.
+        ranges = [r for r in ranges if counts[r[2]][0] == r[1] - r[0]]
+        if not ranges:
+            return write_empty(cfg, name, out_parquet)
     seconds = time.perf_counter() - started
     rows = _qc_rows(name, ranges, counts, seconds, tracker.detections)
     video = rows[-1]

@@ -16,7 +16,7 @@ landmarks    fixed_size_list<float32>[136]      the faces file's 68 landmarks, p
                                                 (:func:`ferseq.faces.landmark_features.normalise`)
 ============ ================================== ==========================================
 
-The file's key-value metadata (key ``ferseq.features.feature_extraction``, JSON; ``pq.read_metadata(path).metadata``) names the classes, the
+The file's key-value metadata (key ``ferseq.features``, JSON; ``pq.read_metadata(path).metadata``) names the classes, the
 backbone and the fold, and records frames, seconds and frames per second of
 the extraction. :func:`log_features_run` reads those from a fold's files and
 logs one MLflow run per fold. The workflow runs :func:`extract_fold`: one job

@@ -11,6 +11,21 @@ import itertools
 from typing import Any
 
 
+#: Each architecture's family: the evaluation scores the best point of each family the grid trained.
+FAMILIES = {"lstm": "lstm", "lstm2": "lstm", "bilstm": "lstm", "gru": "gru", "transformer": "transformer"}
+
+
+def family(arch: str) -> str:
+    """The family of an architecture of ``sequence_model.architectures`` (``lstm`` for the reference's three)."""
+    return FAMILIES[arch]
+
+
+def families(cfg: dict[str, Any]) -> list[str]:
+    """The families of the grid's architectures, in the order they first appear, the reference's LSTMs first."""
+    found = list(dict.fromkeys(family(arch) for arch in cfg["architectures"]))
+    return sorted(found, key=lambda name: name != "lstm")
+
+
 def point_name(lr: float, hidden: int | str, dropout: float) -> str:
     """File stem of a grid point, e.g. ``lr0.001_h64_d0.5``."""
     return f"lr{lr:g}_h{hidden}_d{dropout:g}"

@@ -1,7 +1,8 @@
 """Grid search over sequence models, and the selection of the best.
 
-One DAG job per architecture and hidden size trains its (lr, dropout) points
-together, in one fused computation (:mod:`ferseq.sequence_model.fused_lstm`).
+One DAG job per architecture (LSTMs, GRU, transformer) and hidden size trains its
+(lr, dropout) points together, in one fused computation
+(:mod:`ferseq.sequence_model.fused_training`).
 
 MLflow: each fold's search is a parent run (opened by :func:`open_search`),
 each grid point a child run, and :func:`select` records the choice on the
@@ -29,16 +30,20 @@ import torch
 
 from ferseq.common import mlflow_runs, model_files, resume
 from ferseq.common.outputs import atomic_path
-from ferseq.sequence_model import classifier, fused_lstm
-from ferseq.sequence_model.grid_plan import point_name
-from ferseq.sequences import windows
+from ferseq.sequence_model import classifier, fused_training
+from ferseq.sequence_model.grid_plan import family, point_name
+from ferseq.sequences import subject_medians, windows
 
 log = logging.getLogger(__name__)
 
 
-def load_split(path: str | Path, classes: list[str], features: str = "embedding") -> tuple[np.ndarray, np.ndarray]:
-    """Sequence-model inputs (N, L, D) for ``windows.features`` and class indices (N,) of one split's windows file."""
+def load_split(path: str | Path, classes: list[str], features: str = "embedding",
+               medians: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Sequence-model inputs (N, L, D) for ``windows.features`` and class indices (N,) of one split's windows file;
+    with ``medians`` (:func:`ferseq.sequences.subject_medians.read`), each window normalised by its person's."""
     table, matrices = windows.read(path, windows.FEATURE_COLUMNS.get(features, ()))
+    if medians is not None:
+        matrices = subject_medians.normalise(matrices, table["subject"], medians, str(path))
     index = {name: i for i, name in enumerate(classes)}
     return windows.inputs(matrices, features), table["label"].map(index).to_numpy(dtype=np.int64)
 
@@ -83,7 +88,7 @@ def run_points(windows_dir: str | Path, arch: str, hidden: int, points: Sequence
     """Train the ``(lr, dropout)`` points of one architecture and hidden size together on a fold's windows.
 
     The windows are read once and moved to the device once; the points are
-    trained in one fused computation (:mod:`ferseq.sequence_model.fused_lstm`), each
+    trained in one fused computation (:mod:`ferseq.sequence_model.fused_training`), each
     early-stopped on its own val loss, each a child run of the fold's search
     (``parent_run_id``: as :func:`open_search` wrote it). Each writes its model
     and val metrics to the matching entries of ``out_models`` and
@@ -94,10 +99,12 @@ def run_points(windows_dir: str | Path, arch: str, hidden: int, points: Sequence
     cfg, classes, features = config["sequence_model"], config["classes"]["names"], input_features(config)
     if not len(points) == len(out_models) == len(out_metrics):
         raise ValueError(f"{len(points)} grid points but {len(out_models)} model and {len(out_metrics)} metrics outputs")
-    device = fused_lstm.choose_device(device_setting(config))
+    device = fused_training.choose_device(device_setting(config))
     train_path, val_path = Path(windows_dir) / "train.parquet", Path(windows_dir) / "val.parquet"
-    (train_x, train_y) = load_split(train_path, classes, features)
-    (val_x, val_y) = load_split(val_path, classes, features)
+    normalise = subject_medians.mode(config)
+    medians = subject_medians.read(Path(windows_dir) / subject_medians.FILE) if normalise == "subject" else None
+    (train_x, train_y) = load_split(train_path, classes, features, medians)
+    (val_x, val_y) = load_split(val_path, classes, features, medians)
     if len(train_x) == 0:
         raise ValueError(f"fold {fold}: no train windows in {windows_dir}")
     names = [f"{arch}-{point_name(lr, hidden, dropout)}" for lr, dropout in points]
@@ -107,7 +114,10 @@ def run_points(windows_dir: str | Path, arch: str, hidden: int, points: Sequence
     if resume_dir is not None:
         key = resume.fingerprint("sequence_model", fold, arch, hidden, [list(p) for p in points],
                                  {k: cfg.get(k) for k in ("epochs", "patience", "batch_size")}, classes, config["seed"],
-                                 features, resume.stamps([train_path, val_path]), device.type)
+                                 features, normalise,
+                                 resume.stamps([train_path, val_path, *([Path(windows_dir) / subject_medians.FILE]
+                                                                      if medians is not None else [])]),
+                                 device.type)
         store = resume.Store(resume_dir, key, f"fold {fold} {arch} h{hidden}")
     saved = store.load() if store else None
     if saved:
@@ -153,13 +163,13 @@ def run_points(windows_dir: str | Path, arch: str, hidden: int, points: Sequence
         if saved:
             histories = [list(r["history"]) for r in saved["train"]["results"]]
             log_epochs()
-        # Every point starts from the config's seed, as a point trained alone would (see fused_lstm).
-        grid_points = [fused_lstm.Point(lr, dropout, config["seed"]) for lr, dropout in points]
-        results = fused_lstm.train_points(train_x, train_y, val_x, val_y, arch=arch, hidden=hidden, points=grid_points,
-                                          num_classes=len(classes), epochs=cfg["epochs"], patience=cfg["patience"],
-                                          batch_size=cfg["batch_size"], order_seed=config["seed"], device=device,
-                                          on_epoch=on_epoch, on_epoch_end=on_epoch_end,
-                                          resume_from=saved["train"] if saved else None)
+        # Every point starts from the config's seed, as a point trained alone would (see fused_training).
+        grid_points = [fused_training.Point(lr, dropout, config["seed"]) for lr, dropout in points]
+        results = fused_training.train_points(train_x, train_y, val_x, val_y, arch=arch, hidden=hidden, points=grid_points,
+                                              num_classes=len(classes), epochs=cfg["epochs"], patience=cfg["patience"],
+                                              batch_size=cfg["batch_size"], order_seed=config["seed"], device=device,
+                                              on_epoch=on_epoch, on_epoch_end=on_epoch_end,
+                                              resume_from=saved["train"] if saved else None)
         histories = [result.history for result in results]
         log_epochs()
         done = []
@@ -185,7 +195,8 @@ def write_point(result: classifier.TrainResult, arch: str, lr: float, hidden: in
                "best_epoch": result.best_epoch, "val_loss": result.val_loss, "val_macro_f1": result.val_macro_f1,
                "epochs_run": len(result.history), "run_id": run_id}
     info = model_files.plain({
-        "arch": arch, "features": input_features(config), "input_dim": int(train_shape[2]), "hidden": hidden,
+        "arch": arch, "features": input_features(config), "normalise": subject_medians.mode(config),
+        "input_dim": int(train_shape[2]), "hidden": hidden,
         "dropout": dropout, "classes": config["classes"]["names"], "window_length": int(train_shape[1]),
         "history": result.history, "metrics": metrics,
         # the config as JSON would write it (a YAML date becomes its text), for the bundle's manifest
@@ -202,7 +213,8 @@ def load_model(path: str | Path) -> tuple[classifier.SequenceClassifier, dict[st
     checkpoint = model_files.read_torch(path, "sequence model")
     try:
         model = classifier.SequenceClassifier(checkpoint["arch"], checkpoint["input_dim"], checkpoint["hidden"],
-                                                  len(checkpoint["classes"]), checkpoint["dropout"])
+                                              len(checkpoint["classes"]), checkpoint["dropout"],
+                                              window_length=checkpoint["window_length"])
         model.load_state_dict(checkpoint["state_dict"])
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise model_files.ModelFileError(f"{path}: not a ferseq sequence model ({type(err).__name__}: "
@@ -212,7 +224,8 @@ def load_model(path: str | Path) -> tuple[classifier.SequenceClassifier, dict[st
 
 def select(metrics_files: Iterable[str | Path], config: dict[str, Any], fold: int, parent_run_id: str,
            out_best: str | Path) -> dict[str, Any]:
-    """Pick the grid point with the best val macro F1 (ties: lower val loss) and record it.
+    """Pick the grid point with the best val macro F1 (ties: lower val loss), and the best of each family of
+    architectures (``families`` in ``out_best``), and record them.
 
     On the search's run (``parent_run_id`` as :func:`open_search` wrote it) the choice is a set of tags
     (``best.arch``, ...) and metrics, which a rerun with another outcome overwrites; the fold's grid-point
@@ -223,17 +236,25 @@ def select(metrics_files: Iterable[str | Path], config: dict[str, Any], fold: in
         m = json.loads(Path(path).read_text())
         m["model"] = str(Path(path).with_suffix(".pt"))
         points.append(m)
-    best = min(points, key=lambda m: (-m["val_macro_f1"], m["val_loss"]))
+    def rank(m: dict[str, Any]) -> tuple[float, float]:
+        return -m["val_macro_f1"], m["val_loss"]
+
+    best = min(points, key=rank)
+    # The best point of each family too (the reference's LSTMs, GRU, transformer): one evaluation row each.
+    families = {}
+    for m in sorted(points, key=rank):
+        families.setdefault(family(m["arch"]), m)
     log.info("fold %d: best of %d grid points: %s (val macro F1 %.3f, val loss %.4f)", fold, len(points),
              Path(best["model"]).relative_to(Path(best["model"]).parents[1]), best["val_macro_f1"], best["val_loss"])
     run = mlflow_runs.attach_run(config, parent_ref(parent_run_id), f"select-fold{fold}")
     run.set_tags({f"best.{k}": best[k] for k in ("arch", "lr", "hidden", "dropout")})
-    run.log_metrics({"best_val_macro_f1": best["val_macro_f1"], "best_val_loss": best["val_loss"]})
+    run.log_metrics({"best_val_macro_f1": best["val_macro_f1"], "best_val_loss": best["val_loss"],
+                     **{f"best_{name}_val_macro_f1": m["val_macro_f1"] for name, m in families.items()}})
     run.log_dict({"points": points}, "grid.json")
     # the runs of this fold's grid points that are not among these (a grid value changed since they ran)
     run.supersede_others(f"tags.stage = 'sequence_model' and tags.fold = '{fold}'",
                          [f"{m['arch']}-{point_name(m['lr'], m['hidden'], m['dropout'])}" for m in points])
     run.end()
     with atomic_path(out_best) as tmp:
-        tmp.write_text(json.dumps({**best, "points": len(points)}, indent=2) + "\n")
+        tmp.write_text(json.dumps({**best, "points": len(points), "families": families}, indent=2) + "\n")
     return best

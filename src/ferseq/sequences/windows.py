@@ -188,7 +188,7 @@ def inputs(matrices: dict[str, np.ndarray], features: str) -> np.ndarray:
         raise ValueError(f"windows.features {features!r} needs the window column(s) {missing}, which these windows "
                          "lack: they were cut from an older feature store; rerun the features stage")
     parts = [matrices[name] for name in FEATURE_COLUMNS[features]]
-    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=2)
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)  # windows (W, L, D) or frames (N, D)
 
 
 def _matrix(arrow: pa.Table, name: str, rows: int, shape: tuple[int, ...]) -> np.ndarray:
@@ -296,17 +296,24 @@ def feature_files(folder: str | Path) -> list[Path]:
 def write_windows(feature_files: Iterable[str | Path], segments_path: str | Path, splits_path: str | Path, fold: int,
                   length: int, overlap: dict[str, float], policy: str, outputs: dict[str, str | Path],
                   out_counts: str | Path, classes: list[str], sampling: str = "consecutive", draws: int = 1,
-                  seed: int = 42) -> pd.DataFrame:
+                  seed: int = 42, out_medians: str | Path | None = None) -> pd.DataFrame:
     """The sequences stage for one fold: the windows of each split (``outputs``: split -> path)
     and the window counts per class and split (also logged). Videos are read one at a time.
 
     ``sampling``, ``draws`` and ``seed``: see the module docstring; the test split
     never overlaps and scores a short segment through one padded window.
+    ``out_medians``: where each person's median features go
+    (:mod:`ferseq.sequences.subject_medians`, for ``windows.normalise: subject``).
     """
+    from ferseq.sequences import subject_medians
+
     if sampling not in SAMPLINGS:
         raise ValueError(f"windows.sampling must be one of {SAMPLINGS}, not {sampling!r}")
     segments = pd.read_parquet(segments_path)
     splits = pd.read_parquet(splits_path)
+    subject_of = dict(zip(segments["segment_id"], segments["subject"].astype(str)))
+    medians = subject_medians.MedianCollector(
+        {s: set(v) for s, v in segments.groupby(segments["subject"].astype(str))["video_id"]})
     segments = segments.merge(splits.loc[splits["fold"] == fold, ["segment_id", "split"]], on="segment_id")
     writers: dict[str, WindowWriter] = {}
     labels: dict[str, list[str]] = {split: [] for split in outputs}
@@ -316,6 +323,8 @@ def write_windows(feature_files: Iterable[str | Path], segments_path: str | Path
             features, per_frame = read_features(path)
             if features.empty:
                 continue
+            medians.add(str(features["video_id"].iloc[0]), features["segment_id"].map(subject_of).to_numpy(),
+                        per_frame)
             for split in outputs:
                 mine = segments[(segments["split"] == split) & segments["segment_id"].isin(features["segment_id"].unique())]
                 test = split == "test"
@@ -334,6 +343,10 @@ def write_windows(feature_files: Iterable[str | Path], segments_path: str | Path
         raise
     for writer in writers.values():
         writer.close()
+    if out_medians is not None:
+        written = next(iter(writers.values())).widths
+        widths = {name: written[name] for name in subject_medians.COLUMNS if name in written}
+        subject_medians.write(out_medians, medians.table(), widths)
     counts = pd.DataFrame([
         {"split": split, "label": name, "windows": labels[split].count(name),
          "segments": int(((segments["split"] == split) & (segments["label"] == name)).sum()),

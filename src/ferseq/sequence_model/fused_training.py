@@ -3,10 +3,17 @@
 Every point is a :class:`~ferseq.sequence_model.classifier.SequenceClassifier` of the same
 shape; here its weights are one slice of stacked tensors (points first, under
 the names of the classifier's state dict), so a batch of windows goes through
-all points at once: the first layer's input projection of every point and
-direction is one matrix product, each time step of the recurrence one batched
-matrix product over points (and directions), the second layer's input
-projection and the output layer one batched product each.
+all points at once. Recurrent models (LSTMs, GRU): the first layer's input
+projection of every point and direction is one matrix product, each time step
+of the recurrence one batched matrix product over points (and directions), with
+the backward pass through time written out (:class:`LSTMRecurrence`,
+:class:`GRURecurrence`), the second layer's input projection and the output
+layer one batched product each. The transformer: its encoder is the
+classifier's own module, run over the stacked weights by ``torch.func.vmap``
+(each of its matrix products one batched product over the points); on the CPU
+(one thread, batches of 32 windows of 16 x 512, width 64) a train step of 25
+points took 319 ms so against 460 ms for the points one after another, and 5
+points of width 256 took the same time either way (a busy machine, 2026-12-01).
 
 Each point keeps its own learning rate (its Adam parameter group), dropout
 (its own masks), initialisation (a classifier built under its seed, copied into
@@ -19,7 +26,7 @@ and batch order. Its dropout masks come from its own generator, which continues
 where its initialisation left the random stream, drawn in the order and shape
 nn.LSTM and nn.Dropout draw them; its weights are its own tensors, updated by
 torch's Adam with its learning rate. Only float rounding differs (batched
-products instead of the oneDNN LSTM kernel). On a GPU (``exact=False``) the
+products instead of the oneDNN LSTM and GRU kernels, or of one model's products). On a GPU (``exact=False``) the
 masks of all points are drawn at once on the device and Adam is torch's fused
 kernel: the same distributions and arithmetic, not the same draws, and far
 fewer kernel launches.
@@ -29,8 +36,8 @@ job's points; on the CPU a few (:data:`CPU_STACK_PARAMETERS`): there the work is
 bound by arithmetic, not by launching operations, and a large stack's tensors
 no longer fit in the cache, so each batch goes through a few small stacks. A
 stack of one point on the CPU (a large model, or the last point of a stack)
-runs the point's SequenceClassifier with its weights: torch's own LSTM kernel
-is faster there than the stacked steps for a single model.
+runs the point's SequenceClassifier with its weights: torch's own LSTM and GRU
+kernels are faster there than the stacked steps for a single model.
 
 Resume: :func:`train_points` hands ``on_epoch_end`` a function that returns the
 whole training state of every point (weights, Adam, dropout streams, best
@@ -81,12 +88,13 @@ def choose_device(setting: str) -> torch.device:
     return torch.device(setting)
 
 
-def init_point(arch: str, input_dim: int, hidden: int, num_classes: int, point: Point) -> tuple[dict, torch.Generator]:
+def init_point(arch: str, input_dim: int, hidden: int, num_classes: int, point: Point,
+               window_length: int) -> tuple[dict, torch.Generator]:
     """A point's initial weights, exactly as ``sequence_model.train`` draws them under its seed, and a CPU
     generator that continues that random stream (the point's dropout masks, as nn.Dropout would draw them)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(point.seed)
-        state = SequenceClassifier(arch, input_dim, hidden, num_classes, point.dropout).state_dict()
+        state = SequenceClassifier(arch, input_dim, hidden, num_classes, point.dropout, window_length).state_dict()
         generator = torch.Generator()
         generator.set_state(torch.get_rng_state())
     return state, generator
@@ -133,7 +141,7 @@ class Dropout:
         return x * torch.stack(masks).to(x.device)
 
 
-class Recurrence(torch.autograd.Function):
+class LSTMRecurrence(torch.autograd.Function):
     """G stacked LSTM layers run over time, with their backward pass written out (backpropagation through time).
 
     Input ``gx`` (T, G, B, 4H): each step's input projection plus both biases, time-major;
@@ -202,29 +210,98 @@ class Recurrence(torch.autograd.Function):
         return dgates, grad_w, None
 
 
-def _project_shared(x: torch.Tensor, w_ih: torch.Tensor, b_ih: torch.Tensor, b_hh: torch.Tensor) -> torch.Tensor:
-    """Input projection (T, P, B, 4H) of time-major windows ``x`` (T, B, D) read by every point: one matrix product."""
+class GRURecurrence(torch.autograd.Function):
+    """G stacked GRU layers run over time (nn.GRU's equations), with their backward pass written out, as
+    :class:`LSTMRecurrence` and for the same reason.
+
+    Input ``gx`` (T, G, B, 3H): each step's input projection plus its bias b_ih, gates r, z, n (nn.GRU's
+    order), time-major; ``w_hh`` (G, 3H, H) and ``b_hh`` (G, 3H), kept apart from ``gx`` because the reset
+    gate multiplies the candidate's recurrent part, its bias included: n = tanh(gx_n + r (W_hn h + b_hn)),
+    h' = (1 - z) n + z h. Output: every step's hidden state (T, G, B, H) and the last one (G, B, H).
+    """
+
+    @staticmethod
+    def forward(ctx, gx: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor,
+                training: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        steps, groups, batch, width = gx.shape
+        hidden = width // 3
+        rz, n_gate = slice(0, 2 * hidden), slice(2 * hidden, 3 * hidden)
+        hs = gx.new_zeros(steps + 1, groups, batch, hidden)  # h_0 = 0, then h_1 .. h_T
+        acts = torch.empty_like(gx)  # the gates after their nonlinearity: r, z, n
+        ghn = gx.new_empty(steps, groups, batch, hidden)  # the candidate's recurrent part W_hn h + b_hn
+        w, bias = w_hh.transpose(1, 2), b_hh.unsqueeze(1)
+        for t in range(steps):
+            gh = torch.baddbmm(bias, hs[t], w)
+            torch.sigmoid(gx[t, ..., rz] + gh[..., rz], out=acts[t, ..., rz])
+            r, z = acts[t, ..., :hidden], acts[t, ..., hidden:rz.stop]
+            ghn[t] = gh[..., n_gate]
+            n = torch.tanh(torch.addcmul(gx[t, ..., n_gate], r, ghn[t]), out=acts[t, ..., n_gate])
+            torch.addcmul(n, z, hs[t] - n, out=hs[t + 1])  # (1 - z) n + z h = n + z (h - n)
+        if training:  # (grad mode is always off in here, so the caller says)
+            ctx.save_for_backward(w_hh, hs, acts, ghn)
+        ctx.set_materialize_grads(False)
+        return hs[1:], hs[-1].clone()
+
+    @staticmethod
+    def backward(ctx, grad_outputs: torch.Tensor | None, grad_last: torch.Tensor | None):
+        w_hh, hs, acts, ghn = ctx.saved_tensors
+        steps, groups, batch, width = acts.shape
+        hidden = width // 3
+        dgx = torch.empty_like(acts)  # gradient of gx: the gates' pre-activations, input part
+        dgh = torch.empty_like(acts)  # and of the recurrent part W_hh h + b_hh
+        dh = torch.zeros_like(hs[0]) if grad_last is None else grad_last.clone()
+        for t in reversed(range(steps)):
+            if grad_outputs is not None:
+                dh += grad_outputs[t]
+            r, z, n = acts[t].chunk(3, dim=2)
+            dr, dz, dn = dgx[t].chunk(3, dim=2)
+            # h_t = n + z (h_(t-1) - n): into n and z, then back through tanh and the sigmoid
+            torch.mul(dh, 1 - z, out=dn).mul_(1 - n * n)
+            torch.mul(dh, hs[t] - n, out=dz).mul_(z * (1 - z))
+            # n's pre-activation = gx_n + r * ghn: into r (through its sigmoid) and into ghn
+            torch.mul(dn, ghn[t], out=dr).mul_(r * (1 - r))
+            dgh[t, ..., :2 * hidden] = dgx[t, ..., :2 * hidden]
+            torch.mul(dn, r, out=dgh[t, ..., 2 * hidden:])
+            dh = torch.baddbmm(dh * z, dgh[t], w_hh)
+        # the recurrent weights' gradient: sum over steps of dgh_t^T h_(t-1), as one product; the bias's: the sum
+        grad_w = torch.bmm(dgh.transpose(0, 1).reshape(groups, steps * batch, width).transpose(1, 2),
+                           hs[:-1].transpose(0, 1).reshape(groups, steps * batch, hidden))
+        return dgx, grad_w, dgh.sum(dim=(0, 2)), None
+
+
+def _project_shared(x: torch.Tensor, w_ih: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Input projection (T, P, B, G) of time-major windows ``x`` (T, B, D) read by every point: one matrix product."""
     steps, batch, dim = x.shape
     points, width, _ = w_ih.shape
-    gx = torch.addmm((b_ih + b_hh).reshape(points * width), x.reshape(steps * batch, dim), w_ih.reshape(points * width, dim).T)
+    gx = torch.addmm(bias.reshape(points * width), x.reshape(steps * batch, dim), w_ih.reshape(points * width, dim).T)
     return gx.view(steps, batch, points, width).transpose(1, 2).contiguous()
 
 
-def _project_own(x: torch.Tensor, w_ih: torch.Tensor, b_ih: torch.Tensor, b_hh: torch.Tensor) -> torch.Tensor:
+def _project_own(x: torch.Tensor, w_ih: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """Input projection (T, P, B, 4H) of each point's own inputs ``x`` (T, P, B, H): one batched product."""
     steps, points, batch, dim = x.shape
-    gx = torch.baddbmm((b_ih + b_hh).unsqueeze(1), x.transpose(0, 1).reshape(points, steps * batch, dim), w_ih.transpose(1, 2))
+    gx = torch.baddbmm(bias.unsqueeze(1), x.transpose(0, 1).reshape(points, steps * batch, dim), w_ih.transpose(1, 2))
     return gx.view(points, steps, batch, -1).transpose(0, 1).contiguous()
 
 
-def forward(params: dict[str, torch.Tensor], x: torch.Tensor, arch: str, dropout: Dropout) -> torch.Tensor:
-    """Logits (P, B, C) of every stacked point for one batch of windows ``x`` (B, T, D)."""
-    layers, bidirectional = ARCHITECTURES[arch]
+def _head(params: dict[str, torch.Tensor], summaries: torch.Tensor) -> torch.Tensor:
+    """Every point's output layer (P, B, C) on its window summaries (P, B, W), dropout already applied."""
+    return torch.baddbmm(params["head.bias"].unsqueeze(1), summaries, params["head.weight"].transpose(1, 2))
+
+
+def recurrent_forward(params: dict[str, torch.Tensor], x: torch.Tensor, arch: str, dropout: Dropout) -> torch.Tensor:
+    """Logits (P, B, C) of every stacked LSTM or GRU point for one batch of windows ``x`` (B, T, D)."""
+    kind, layers, bidirectional = ARCHITECTURES[arch]
     points = params["head.weight"].shape[0]
     x = x.transpose(0, 1)  # time-major (T, B, D)
+    grad = torch.is_grad_enabled()
+    if kind == "gru":  # one layer; b_hh stays in the recurrence (see GRURecurrence)
+        gx = _project_shared(x, params["gru.weight_ih_l0"], params["gru.bias_ih_l0"])
+        _, h = GRURecurrence.apply(gx, params["gru.weight_hh_l0"], params["gru.bias_hh_l0"], grad)
+        return _head(params, dropout(h))
 
-    def weights(name: str) -> tuple[torch.Tensor, ...]:
-        return tuple(params[f"lstm.{kind}_{name}"] for kind in ("weight_ih", "bias_ih", "bias_hh"))
+    def weights(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return params[f"lstm.weight_ih_{name}"], params[f"lstm.bias_ih_{name}"] + params[f"lstm.bias_hh_{name}"]
 
     # Layer 0 reads the same windows for every point: one matrix product for all of them (per direction).
     gx = _project_shared(x, *weights("l0"))
@@ -232,13 +309,21 @@ def forward(params: dict[str, torch.Tensor], x: torch.Tensor, arch: str, dropout
     if bidirectional:  # the reverse direction reads the window backwards; it runs beside the forward one
         gx = torch.cat([gx, _project_shared(x.flip(0), *weights("l0_reverse"))], dim=1)  # (T, 2P, B, 4H)
         w_hh = torch.cat([w_hh, params["lstm.weight_hh_l0_reverse"]])
-    outputs, h = Recurrence.apply(gx, w_hh, torch.is_grad_enabled())
+    outputs, h = LSTMRecurrence.apply(gx, w_hh, grad)
     if layers > 1:  # lstm2: dropout on the first layer's outputs (drawn time-major, as nn.LSTM), then layer 1
         seq = dropout(outputs.transpose(0, 1)).transpose(0, 1)  # (T, P, B, H)
-        _, h = Recurrence.apply(_project_own(seq, *weights("l1")), params["lstm.weight_hh_l1"], torch.is_grad_enabled())
+        _, h = LSTMRecurrence.apply(_project_own(seq, *weights("l1")), params["lstm.weight_hh_l1"], grad)
     last = torch.cat([h[:points], h[points:]], dim=2) if bidirectional else h  # (P, B, H or 2H)
-    last = dropout(last)
-    return torch.baddbmm(params["head.bias"].unsqueeze(1), last, params["head.weight"].transpose(1, 2))
+    return _head(params, dropout(last))
+
+
+def transformer_forward(model: SequenceClassifier, params: dict[str, torch.Tensor], x: torch.Tensor,
+                        dropout: Dropout) -> torch.Tensor:
+    """Logits (P, B, C) of every stacked transformer point for one batch of windows ``x`` (B, T, D): the
+    classifier's own encoder (``model.encoder``, its weights unused) over each point's stacked weights."""
+    encoder = {name.removeprefix("encoder."): w for name, w in params.items() if name.startswith("encoder.")}
+    summaries = torch.func.vmap(lambda weights: torch.func.functional_call(model.encoder, weights, (x,)))(encoder)
+    return _head(params, dropout(summaries))
 
 
 def macro_f1(y: np.ndarray, preds: np.ndarray) -> np.ndarray:
@@ -269,23 +354,20 @@ def point_losses(logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor) -
 CPU_STACK_PARAMETERS = 2_000_000
 
 
-def parameters_per_point(arch: str, input_dim: int, hidden: int, num_classes: int) -> int:
-    """The number of weights of one SequenceClassifier (without building one)."""
-    layers, bidirectional = ARCHITECTURES[arch]
-    directions = 2 if bidirectional else 1
-    count = 0
-    for layer in range(layers):
-        inputs = input_dim if layer == 0 else hidden * directions
-        count += directions * 4 * hidden * (inputs + hidden + 2)
-    return count + num_classes * (hidden * directions + 1)
+def parameters_per_point(arch: str, input_dim: int, hidden: int, num_classes: int, window_length: int = 16) -> int:
+    """The number of weights of one SequenceClassifier (built on the meta device: no memory, no random draws)."""
+    with torch.device("meta"):
+        model = SequenceClassifier(arch, input_dim, hidden, num_classes, 0.0, window_length)
+    return sum(w.numel() for w in model.parameters())
 
 
 def default_stack_size(arch: str, input_dim: int, hidden: int, num_classes: int, points: int,
-                       device: torch.device) -> int:
+                       device: torch.device, window_length: int = 16) -> int:
     """Points per fused computation: all of them on a GPU; on the CPU as many as fit :data:`CPU_STACK_PARAMETERS`."""
     if device.type != "cpu":
         return max(1, points)
-    return max(1, min(points, CPU_STACK_PARAMETERS // parameters_per_point(arch, input_dim, hidden, num_classes)))
+    per_point = parameters_per_point(arch, input_dim, hidden, num_classes, window_length)
+    return max(1, min(points, CPU_STACK_PARAMETERS // per_point))
 
 
 class Stack:
@@ -297,16 +379,19 @@ class Stack:
     the stack, in stack order.
     """
 
-    def __init__(self, arch: str, index: list[int], states: list[dict], generators: list[torch.Generator] | None,
-                 points: list[Point], device: torch.device, seed: int):
-        """``generators``: each point's dropout stream (exact, as alone: the CPU), or None: one draw on the device."""
-        self.arch, self.index, self.exact = arch, list(index), generators is not None
+    def __init__(self, arch: str, shape: tuple[int, int, int, int], index: list[int], states: list[dict],
+                 generators: list[torch.Generator] | None, points: list[Point], device: torch.device, seed: int):
+        """``shape``: the points' (input_dim, hidden, num_classes, window_length); ``generators``: each point's
+        dropout stream (exact, as alone: the CPU), or None: one draw on the device."""
+        self.arch, self.shape, self.index, self.exact = arch, shape, list(index), generators is not None
         self.lrs = [p.lr for p in points]
         self.weights = [{name: w.to(device).requires_grad_() for name, w in state.items()} for state in states]
         self.best = {i: {name: w.detach().clone() for name, w in weights.items()} for i, weights in zip(index, self.weights)}
         self.dropout = Dropout([p.dropout for p in points], generators, device, seed)
         self.optimizer = self._adam()
-        self._single: SequenceClassifier | None = None  # the shape of a point, once the stack has one left
+        input_dim, hidden, num_classes, window_length = shape
+        with torch.random.fork_rng(devices=[]):  # the shape of a point: its own initial weights are never used
+            self.model = SequenceClassifier(arch, input_dim, hidden, num_classes, 0.0, window_length).to(device)
 
     def _adam(self, previous: torch.optim.Adam | None = None) -> torch.optim.Adam:
         """torch's Adam over the points' weights, a group per learning rate; ``previous``'s state carried over.
@@ -332,18 +417,17 @@ class Stack:
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Every point's logits (P, B, C) for the windows ``x`` (B, T, D)."""
         if len(self.weights) > 1 or x.device.type != "cpu":
-            return forward(self.stacked(), x, self.arch, self.dropout)
-        # One point on the CPU: the classifier itself with the point's weights (torch's own LSTM kernel,
-        # faster there than the stacked steps for a single model; cuDNN would copy the separate weight
-        # tensors into one buffer every call), and its dropout; in exact mode the masks come from the
+            if self.model.kind == "transformer":
+                return transformer_forward(self.model, self.stacked(), x, self.dropout)
+            return recurrent_forward(self.stacked(), x, self.arch, self.dropout)
+        # One point on the CPU: the classifier itself with the point's weights (torch's own LSTM and GRU
+        # kernels, faster there than the stacked steps for a single model; cuDNN would copy the separate
+        # weight tensors into one buffer every call), and its dropout; in exact mode the masks come from the
         # point's own stream, set as the random state nn.Dropout and nn.LSTM read.
-        if self._single is None:
-            weights = self.weights[0]
-            with torch.random.fork_rng(devices=[]):  # its own initial weights are never used
-                self._single = SequenceClassifier(self.arch, weights["lstm.weight_ih_l0"].shape[1],
-                                                  weights["lstm.weight_hh_l0"].shape[1], weights["head.weight"].shape[0],
-                                                  self.dropout.probs[0]).to(weights["head.weight"].device)
-        model = self._single.train(self.dropout.training)  # (a one-point stack keeps its point until it stops)
+        model = self.model.train(self.dropout.training)
+        model.dropout.p = self.dropout.probs[0]  # (lstm2's nn.LSTM reads its own dropout, set below)
+        if model.kind == "lstm" and model.lstm.num_layers > 1:
+            model.lstm.dropout = self.dropout.probs[0]
         # (exact=False on the CPU, which only the tests run, draws these masks from torch's global generator)
         if not (self.exact and self.dropout.training):
             return torch.func.functional_call(model, self.weights[0], (x,)).unsqueeze(0)
@@ -402,15 +486,16 @@ class Stack:
                 "device_generator": None if self.exact else self.dropout._device_generator.get_state()}
 
     @classmethod
-    def restore(cls, arch: str, saved: dict, best: dict[int, dict], points: Sequence[Point],
-                device: torch.device) -> Stack:
+    def restore(cls, arch: str, shape: tuple[int, int, int, int], saved: dict, best: dict[int, dict],
+                points: Sequence[Point], device: torch.device) -> Stack:
         """The stack a :meth:`snapshot` describes, with its points' best weights."""
         generators = None
         if saved["generators"] is not None:
             generators = [torch.Generator() for _ in saved["generators"]]
             for generator, state in zip(generators, saved["generators"]):
                 generator.set_state(state)
-        stack = cls(arch, saved["index"], saved["weights"], generators, [points[i] for i in saved["index"]], device, 0)
+        stack = cls(arch, shape, saved["index"], saved["weights"], generators, [points[i] for i in saved["index"]],
+                    device, 0)
         stack.optimizer.load_state_dict(saved["optimizer"])
         if saved["device_generator"] is not None:
             stack.dropout._device_generator.set_state(saved["device_generator"])
@@ -425,6 +510,8 @@ def train_points(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, va
                  on_epoch_end: Callable[[int, Callable[[], dict]], None] | None = None,
                  resume_from: dict | None = None) -> list[TrainResult]:
     """Train the ``points`` (one architecture and hidden size) together; one result per point, in order.
+
+    ``train_x`` (N, T, D): the windows; T is also the transformer's position table (its ``window_length``).
 
     The batch order is drawn from ``order_seed`` (shared); ``on_epoch(point_index, metrics)`` receives
     each point's metrics of each epoch it trains. A point equals ``sequence_model.train`` with
@@ -447,13 +534,14 @@ def train_points(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, va
     ys, vy = (torch.tensor(y, dtype=torch.long, device=dev) for y in (train_y, val_y))
     weights = class_weights(train_y, num_classes).to(dev)
     # models: each point initialised as it would be alone, then stacked (points first)
-    states, generators = zip(*(init_point(arch, train_x.shape[2], hidden, num_classes, p) for p in points))
-    size = stack_size or default_stack_size(arch, train_x.shape[2], hidden, num_classes, len(points), dev)
+    shape = (train_x.shape[2], hidden, num_classes, train_x.shape[1])  # input_dim, hidden, classes, window_length
+    states, generators = zip(*(init_point(arch, *shape[:3], p, shape[3]) for p in points))
+    size = stack_size or default_stack_size(arch, *shape[:3], len(points), dev, shape[3])
     exact = dev.type == "cpu" if exact is None else exact
     stacks = []
     for first in range(0, len(points), size):
         index = list(range(first, min(first + size, len(points))))
-        stacks.append(Stack(arch, index, [states[i] for i in index],
+        stacks.append(Stack(arch, shape, index, [states[i] for i in index],
                             [generators[i] for i in index] if exact else None,
                             [points[i] for i in index], dev, order_seed + first))
     results = [TrainResult({}, 0, math.inf, 0.0) for _ in points]
@@ -462,7 +550,7 @@ def train_points(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, va
     first = 1
     if resume_from is not None:  # the points' state after epoch resume_from["epoch"]
         best = {int(i): state for i, state in resume_from["best"].items()}
-        stacks = [Stack.restore(arch, saved, best, points, dev) for saved in resume_from["stacks"]]
+        stacks = [Stack.restore(arch, shape, saved, best, points, dev) for saved in resume_from["stacks"]]
         for i, (result, saved) in enumerate(zip(results, resume_from["results"])):
             result.best_epoch, result.val_loss, result.val_macro_f1 = saved["best_epoch"], saved["val_loss"], saved["val_macro_f1"]
             result.history, result.state_dict = list(saved["history"]), best.get(i, {})
