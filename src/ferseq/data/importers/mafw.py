@@ -19,14 +19,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ferseq.data.importers.base import Clip, DatasetError, Scan, build, check_root
+from ferseq.data.importers.base import DatasetError, Scan, build, check_root
 from ferseq.data.importers.protocol import (
-    IDENTITY_NOTE,
-    ClipFolder,
     Protocol,
     clip_folder,
     fold_notes,
-    list_unused,
+    folds_scan,
     split_lines,
 )
 
@@ -62,23 +60,9 @@ def scan(root: str | Path, clips: str | None = None) -> Scan:
             for where, fields in split_lines(root / split_file(split, fold), root, FORMAT):
                 _line(where, fields, fold, split, protocol)
     protocol.check()
-
-    result = Scan(columns=["folds", "identity_leak"])
-    found = ClipFolder(root, folder)
-    for clip in sorted(protocol.splits):
-        path = found.take(clip, protocol.first(clip), result)
-        if path:
-            result.clips.append(Clip(path, clip, protocol.labels[clip][0], None,
-                                     (("folds", protocol.test_folds(clip)), ("identity_leak", True))))
-    found.report_rest(result, f"{SPLITS}/set_1..5/*.txt")
-    keep = {split_file(s, f) for f in FOLDS for s in PARTS} | {folder}
-    list_unused(root, keep, result, f"not part of MAFW's single-expression protocol ({SPLITS}/set_1..5/, {folder}/)")
-    missing = sum(s.kind == "missing clip" for s in result.skipped)
-    if missing:
-        result.notes.append(f"{missing} clip(s) named in the split files are not in {folder}/ (listed); their folds "
-                            "miss them")
-    result.notes.append(IDENTITY_NOTE)
-    return result
+    return folds_scan(root, folder, protocol, {split_file(s, f) for f in FOLDS for s in PARTS},
+                      f"{SPLITS}/set_1..5/*.txt",
+                      f"not part of MAFW's single-expression protocol ({SPLITS}/set_1..5/, {folder}/)")
 
 
 def load(root: str | Path, clips: str | None = None, count_frames: str = "decode", workers: int = 4):

@@ -28,7 +28,7 @@ from typing import Iterator, Sequence
 
 import pandas as pd
 
-from ferseq.data.importers.base import VIDEO_SUFFIXES, DatasetError, Scan, entries, rel
+from ferseq.data.importers.base import VIDEO_SUFFIXES, Clip, DatasetError, Scan, entries, rel
 
 #: Problems listed in one error message (the count says how many more there are).
 LISTED = 30
@@ -199,6 +199,29 @@ def list_unused(root: Path, keep: set[str], scan: Scan, why: str) -> None:
                 scan.skip(where, "not used", why)
 
     walk(root)
+
+
+def folds_scan(root: Path, folder: str, protocol: Protocol, split_files: set[str], listing: str,
+               unused_why: str) -> Scan:
+    """The clips of a k-fold protocol of single-labelled clips without subjects (DFEW's, MAFW's), once
+    ``protocol`` holds its checked split files: each clip found in ``folder`` (relative to ``root``) with its label
+    and test folds; what is not in the protocol (``listing``: its split files, for the message) and every other
+    entry but ``split_files`` listed as skipped; a note for the clips named but missing."""
+    result = Scan(columns=["folds", "identity_leak"])
+    found = ClipFolder(root, folder)
+    for clip in sorted(protocol.splits):
+        path = found.take(clip, protocol.first(clip), result)
+        if path:
+            result.clips.append(Clip(path, clip, protocol.labels[clip][0], None,
+                                     (("folds", protocol.test_folds(clip)), ("identity_leak", True))))
+    found.report_rest(result, listing)
+    list_unused(root, split_files | {folder}, result, unused_why)
+    missing = sum(s.kind == "missing clip" for s in result.skipped)
+    if missing:
+        result.notes.append(f"{missing} clip(s) named in the split files are not in {folder}/ (listed); their folds "
+                            "miss them")
+    result.notes.append(IDENTITY_NOTE)
+    return result
 
 
 def fold_notes(table: pd.DataFrame, folds: Sequence[int]) -> list[str]:
