@@ -352,8 +352,8 @@ def predict_video(video: Path, bundle: Bundle, out_dir: Path, *, stride: int = 1
         # transductive, as in training: the video's own face frames stand for its person's
         medians = subject_medians.frame_medians(per_frame)
         per_frame = {name: m - medians[name] if name in medians else m for name, m in per_frame.items()}
-    lstm = window_probs(per_frame if window_frames is None else window_frames, face_frames, n, bundle.window_length, stride, cfg["missing_face"], sequence,
-                        bundle.features)
+    lstm = window_probs(per_frame if window_frames is None else window_frames, face_frames, n, bundle.window_length,
+                        stride, cfg["missing_face"], sequence, bundle.features)
     has_window = ~np.isnan(lstm[:, 0])
     lstm_label = np.where(has_window, np.nan_to_num(lstm, nan=-1).argmax(axis=1), -1)
     frame_table = pd.DataFrame({
