@@ -12,7 +12,7 @@ layer one batched product each. The transformer: its encoder is the
 classifier's own module, run over the stacked weights by ``torch.func.vmap``
 (each of its matrix products one batched product over the points); on the CPU
 (one thread, batches of 32 windows of 16 x 512, width 64) a train step of 25
-points took 319 ms so against 460 ms for the points one after another, and 5
+points took 319 ms against 460 ms for the points one after another, and 5
 points of width 256 took the same time either way (a busy machine, 2026-12-01).
 
 Each point keeps its own learning rate (its Adam parameter group), dropout
