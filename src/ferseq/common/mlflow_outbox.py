@@ -609,6 +609,12 @@ def _send_leftovers(folder: Path, name: str) -> None:
         return
     for journal in journals(folder.glob(f"{Journal.prefix(name)}*{SUFFIX}")):
         ops = journal.ops()
+        if ops and "tracking_uri" not in ops[0]:
+            # calls appended after their journal was sent and removed (a resumed attempt of a run it had ended):
+            # no store to send them to; kept for `ferseq mlflow sync` to report, never a reason to fail a step
+            log.warning("%s: MLflow calls without the run they belong to (%s first); left as they are",
+                        journal.path, ops[0].get("op"))
+            continue
         if ops and RunLog(journal, name).send():
             journal.remove()
 

@@ -54,15 +54,6 @@ def stamp(path: str | Path) -> list:
     return [str(path), stat.st_size, stat.st_mtime_ns]
 
 
-def digest(path: str | Path) -> str:
-    """SHA-256 of a file's bytes (for small inputs such as the segment and split tables)."""
-    sha = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            sha.update(block)
-    return sha.hexdigest()
-
-
 def fingerprint(*parts: Any) -> str:
     """A hash of everything that shapes a training run (inputs, settings): a saved state with another one is
     not continued."""

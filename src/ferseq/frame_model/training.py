@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from sklearn.metrics import f1_score
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ferseq.common import mlflow_runs, resume
+from ferseq.common import mlflow_runs, model_files, resume
 from ferseq.common.errors import FerseqError
 from ferseq.common.outputs import atomic_path
 from ferseq.frame_model.crops import CropDataset, face_rows, loader
@@ -268,7 +268,7 @@ def resume_key(faces: Mapping[str, str | Path], segments_path: str | Path, split
     return resume.fingerprint(
         "frame_model", fold, cfg, list(config["classes"]["names"]), int(config.get("seed", 42)),
         sorted((video, resume.stamp(path)) for video, path in faces.items()),
-        resume.digest(segments_path), resume.digest(splits_path),
+        model_files.sha256(segments_path), model_files.sha256(splits_path),
         resume.stamp(init_weights) if init_weights else None, dev.type, on_device)
 
 
