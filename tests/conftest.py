@@ -98,3 +98,13 @@ def demo_run(tmp_path_factory) -> Path:
     done = run_snakemake(workdir, "--configfile", str(config), "--cores", "2")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return workdir
+
+
+@pytest.fixture(scope="session", autouse=True)
+def mlflow_journals(tmp_path_factory) -> Path:
+    """The MLflow journals of in-process steps (no rule log to sit beside) in this session's own folder, not in
+    the shared temp folder where another test session's journals of the same run names would be picked up."""
+    folder = tmp_path_factory.mktemp("mlflow_journals")
+    os.environ["FERSEQ_MLFLOW_JOURNALS"] = str(folder)
+    yield folder
+    os.environ.pop("FERSEQ_MLFLOW_JOURNALS", None)

@@ -82,11 +82,14 @@ def absolute_uri(uri: str) -> str:
 
 
 def default_folder() -> Path:
-    """Where a step's journals go: beside the file the ``ferseq`` logger writes (the rule's log), else a temp folder."""
+    """Where a step's journals go: beside the file the ``ferseq`` logger writes (the rule's log), else
+    ``$FERSEQ_MLFLOW_JOURNALS``, else a temp folder."""
     for handler in logging.getLogger("ferseq").handlers:
         if isinstance(handler, logging.FileHandler):
             path = Path(handler.baseFilename)
             return path.with_name(path.stem + ".mlflow")
+    if os.environ.get("FERSEQ_MLFLOW_JOURNALS"):
+        return Path(os.environ["FERSEQ_MLFLOW_JOURNALS"])
     return Path(tempfile.gettempdir()) / f"ferseq-mlflow-{os.getuid()}"
 
 
