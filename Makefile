@@ -1,4 +1,4 @@
-# The two commands of the README: `make demo` and `make test`. Both install first.
+# The two commands of the README: `make demo` and `make test` (`make test SEED=N`: one order again). Both install first.
 PYTHON ?= python3
 VENV ?= .venv
 CORES ?= 2
@@ -19,8 +19,11 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(BIN)/snakemake --cores $(CORES)
 
+# The tests run in a random order (pytest-randomly), its seed printed at the start and the end of the run;
+# `make test SEED=N` runs them in the order of seed N again.
+SEED ?=
 test: install slurm
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -p randomly $(if $(SEED),--randomly-seed=$(SEED))
 
 # tests/workflow/test_slurm.py boots a private single-node SLURM (tests/slurm_cluster.py). As root on Debian
 # (CI), install its packages when missing; elsewhere the test says what it lacks and is skipped.

@@ -1,6 +1,7 @@
 """The whole DAG on a corpus of many short clips: each stage's time and peak memory, and whether it grows linearly.
 
     python benchmarks/corpus.py --clips 250 500 1000 [--cores 2] [--folds 2] [--keep DIR]
+    python benchmarks/corpus.py --clips 4000          (one size: each stage's time and peak RSS)
 
 For each ``--clips`` N, builds a corpus of N clips of 16-24 frames from the demo
 videos' real frames (each cut from an annotated segment, flipped or not,
@@ -18,8 +19,13 @@ nothing was lost: every clip is in the evaluation's predictions
 (``results/folds/*/evaluation/predictions.parquet``; the test windows where
 there is none). With several N, it prints each stage's time ratio between
 consecutive sizes: linear growth is a ratio of the sizes' ratio (2 for
-250 -> 500), at most 1.1 times that is the target (2.2). Exit status 1 when
-a clip is lost or a stage grows faster.
+250 -> 500), at most 1.1 times that is the target (2.2); and each stage's
+peak RSS ratio with its growth per 1,000 frames of the corpus (a stage that
+streams stays flat: the frame model and fine-tuning read their crops as they
+go; the target for them is at most 1.2x between sizes). Peak RSS is
+Snakemake's ``max_rss``: a job's processes summed (DataLoader workers
+included). Exit status 1 when a clip is lost, a stage's time grows faster than
+linear, or the frame model's (or fine-tuning's) peak RSS grows more than 1.2x.
 """
 
 from __future__ import annotations
@@ -48,6 +54,9 @@ SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 CLASSES = ["neutral", "happy", "sad", "pensive"]
 # Growth allowed between two sizes: the sizes' ratio times this (2N within 2.2x of N).
 LINEAR_SLACK = 1.1
+# Peak RSS allowed between two sizes for the stages that stream their crops (the training jobs).
+STREAMING = ("frame_model", "finetune")
+RSS_SLACK = 1.2
 
 
 def plan_corpus(clips: int, seed: int = 0) -> list[dict]:
@@ -182,9 +191,11 @@ def run(clips: int, args: argparse.Namespace, root: Path) -> pd.DataFrame:
     print(f"\n{clips} clips ({frames} frames, {len({c['subject'] for c in plan})} people, built in {built:.0f} s): "
           f"snakemake --cores {args.cores} {wall:.1f} s wall")
     print(table.to_string(float_format=lambda v: f"{v:.1f}"))
+    print("peak RSS per stage (MB, Snakemake max_rss, a job's processes summed): "
+          + ", ".join(f"{stage} {mb:.0f}" for stage, mb in table["peak_mb"].items()))
     print(f"lost clips: {len(lost)}" + (f" ({', '.join(lost[:5])} ...)" if lost else " (every clip is in the "
                                                                                        "evaluation's predictions)"))
-    table.attrs.update(lost=len(lost), wall=wall)
+    table.attrs.update(lost=len(lost), wall=wall, frames=frames)
     return table
 
 
@@ -217,6 +228,16 @@ def main() -> None:
         print(f"run: {tables[large].attrs['wall'] / tables[small].attrs['wall']:.2f}; "
               + (f"faster than linear: {', '.join(faster.index)}" if len(faster) else "every stage within the target"))
         failed |= bool(len(faster))
+        a, b = tables[small], tables[large]
+        growth = (b["peak_mb"] - a["peak_mb"]) / (b.attrs["frames"] - a.attrs["frames"]) * 1000
+        memory = pd.DataFrame({"peak_mb": a["peak_mb"], "to_peak_mb": b["peak_mb"], "ratio": b["peak_mb"] / a["peak_mb"],
+                               "mb_per_1000_frames": growth}).dropna()
+        print(f"{small} -> {large} clips: peak RSS per stage ({a.attrs['frames']} -> {b.attrs['frames']} frames; "
+              f"target for {', '.join(STREAMING)}: ratio <= {RSS_SLACK})")
+        print(memory.to_string(float_format=lambda v: f"{v:.2f}"))
+        grown = [stage for stage in STREAMING if stage in memory.index and memory.at[stage, "ratio"] > RSS_SLACK]
+        print("streaming stages: " + (f"peak RSS grows in {', '.join(grown)}" if grown else "flat within the target"))
+        failed |= bool(grown)
     sys.exit(1 if failed else 0)
 
 

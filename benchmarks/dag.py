@@ -5,8 +5,11 @@
 
 1. No-op on the finished demo DAG, from the repository root (``results/`` must
    hold a complete demo run, e.g. after ``make demo``): ``snakemake -n`` and,
-   only if that says nothing is to be done, a real ``snakemake --cores 2``
+   only if that says "Nothing to be done", a real ``snakemake --cores 2``
    (which then also does nothing). Median wall time of ``--repeat`` runs each.
+   The benchmark stops with an error, and times nothing, when the dry run does
+   not say "Nothing to be done" (the demo is not finished, or a change makes
+   jobs rerun), and when a "no-op" run did run a job after all.
 2. DAG construction at scale (the default is DFEW's size): a synthetic annotation
    table of ``--videos`` videos (one segment each, 10 videos per subject, classes of the demo) in a
    temporary folder, with an empty placeholder file per video (at DAG time
@@ -64,18 +67,35 @@ def planned_jobs(output: str) -> int | None:
     return int(found.group(1)) if found else None
 
 
-def noop(repeat: int) -> tuple[float, float | None]:
-    """Median seconds of ``snakemake -n`` and of a real no-op run on the finished demo (None if not finished)."""
+NOTHING_TO_DO = "Nothing to be done"
+RAN_JOBS = re.compile(r"^\d+ of \d+ steps \(\d+%\) done|^Finished jobid", re.MULTILINE)
+
+
+def is_noop(output: str) -> bool:
+    """Whether a Snakemake run's output says that it had nothing to do and shows no job that ran."""
+    return NOTHING_TO_DO in output and not RAN_JOBS.search(output)
+
+
+def noop(repeat: int) -> tuple[float, float]:
+    """Median seconds of ``snakemake -n`` and of a real no-op run on the finished demo; stops the benchmark
+    when the demo is not finished (jobs would run) or when a "no-op" run ran jobs."""
     base = [str(SNAKEMAKE), "--snakefile", str(REPO / "Snakefile")]
     dry = []
     for _ in range(repeat):
         seconds, output = timed([*base, "-n", "--quiet", "rules"], REPO)
-        if "Nothing to be done" not in output and planned_jobs(output):
-            print(f"the demo DAG is not finished ({planned_jobs(output)} jobs would run): run `make demo` first; "
-                  "skipping the real no-op run")
-            return seconds, None
+        if not is_noop(output):
+            jobs = planned_jobs(output)
+            sys.exit(f"no-op benchmark refused: `snakemake -n` on the demo does not say {NOTHING_TO_DO!r} ("
+                     + (f"{jobs} jobs would run" if jobs else "its output: " + output.strip()[-500:])
+                     + "): run `make demo` first, or leave the no-op out with --skip-noop")
         dry.append(seconds)
-    real = [timed([*base, "--cores", "2"], REPO)[0] for _ in range(repeat)]
+    real = []
+    for _ in range(repeat):
+        seconds, output = timed([*base, "--cores", "2"], REPO)
+        if not is_noop(output):
+            sys.exit(f"no-op benchmark refused: `snakemake --cores 2` ran jobs after a dry run that said "
+                     f"{NOTHING_TO_DO!r}, so its {seconds:.1f} s are not a no-op's; its output ends:\n{output[-2000:]}")
+        real.append(seconds)
     return statistics.median(dry), statistics.median(real)
 
 
@@ -139,8 +159,8 @@ def main() -> None:
 
     if not args.skip_noop:
         dry, real = noop(args.repeat)
-        print(f"no-op on the finished demo: snakemake -n {dry:.2f} s"
-              + (f", snakemake --cores 2 {real:.2f} s" if real is not None else "") + f" (median of {args.repeat})")
+        print(f"no-op on the finished demo: snakemake -n {dry:.2f} s, snakemake --cores 2 {real:.2f} s "
+              f"(median of {args.repeat})")
     if args.skip_synthetic:
         return
     dfew = args.protocol == "dfew"

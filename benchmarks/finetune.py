@@ -39,6 +39,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from features import CLASSES, DEFAULT_VIDEO, make_faces  # noqa: E402  (benchmarks/features.py)
 from ferseq.finetune import cnn_lstm, window_crops  # noqa: E402
 from ferseq.finetune import training as finetune_training  # noqa: E402
+from ferseq.frame_model import crops as crops_module  # noqa: E402
 from ferseq.frame_model import training as frame_training  # noqa: E402
 from ferseq.frame_model.device_crops import decode_on_device  # noqa: E402
 from ferseq.frame_model.network import FrameModel, default_device, settings, to_device  # noqa: E402
@@ -80,6 +81,7 @@ def main() -> None:
         rows = pd.read_parquet(faces, columns=["face_found", "crop"])
         found = rows.loc[rows["face_found"], "crop"].tolist()
     encoded = pa.array([found[i % len(found)] for i in range(n)], pa.large_binary())
+    source = crops_module.MemoryCrops(encoded)  # the stages stream row groups: 256-crop units here
     labels = np.arange(n_windows) % len(CLASSES)
 
     # the frame model's loop: batches of frames_per_batch single frames, each with its window's label
@@ -89,12 +91,12 @@ def main() -> None:
     weights = torch.ones(len(CLASSES), device=dev)  # speed does not depend on them
     torch.manual_seed(0)
     frame_model = to_device(FrameModel(args.backbone, CLASSES, input_size=args.size), dev)
-    frame_batches = frame_training.frame_batches(pa.chunked_array([encoded]), frame_labels, cfg, dev,
+    frame_batches = frame_training.frame_batches(source, frame_labels, cfg, dev,
                                                  torch.Generator().manual_seed(0), on_device)
     frame_optimizer = frame_training.optimizer_for(frame_model, 1e-4, dev)
 
     # the finetune loop: the same crops as n_windows windows of consecutive frames
-    crops = window_crops.WindowCrops(encoded, np.arange(n).reshape(n_windows, args.length), labels,
+    crops = window_crops.WindowCrops(source, np.arange(n).reshape(n_windows, args.length), labels,
                                      np.arange(n_windows))
     torch.manual_seed(0)
     joint_frame = to_device(FrameModel(args.backbone, CLASSES, input_size=args.size), dev)

@@ -10,7 +10,8 @@ with the same model, batch size and input size:
 - loop: one epoch of the pipeline's training loop
   (:func:`ferseq.frame_model.training.train_epoch`) over ``--batches`` batches of
   :func:`ferseq.frame_model.training.frame_batches` (the face crops cycled as needed,
-  shuffled and augmented; decoded by OpenCV in DataLoader workers on the CPU,
+  written to a Parquet file of 256-row groups and streamed from it as the pipeline streams
+  the faces files, shuffled and augmented; decoded by OpenCV in DataLoader workers on the CPU,
   on CUDA in batches by nvJPEG with augmentation as tensor ops, ``--decode``
   overrides), the model placed as the pipeline places it (channels_last on
   CUDA), weighted cross entropy, Adam;
@@ -49,6 +50,17 @@ from ferseq.frame_model import crops  # noqa: E402
 from ferseq.frame_model.device_crops import decode_on_device  # noqa: E402
 from ferseq.frame_model.network import FrameModel, default_device, settings, to_device  # noqa: E402
 from ferseq.frame_model.training import class_weights, frame_batches, optimizer_for, train_epoch, train_step  # noqa: E402
+
+
+def streamed_crops(crops_list: list[bytes], folder: Path) -> crops.ParquetCrops:
+    """``crops_list`` as the face crops of a faces-like Parquet file (256-row groups), read as training reads them."""
+    import pyarrow.parquet as pq
+
+    n = len(crops_list)
+    table = pa.table({"segment_id": pa.array(np.zeros(n, np.int64)), "frame": pa.array(np.arange(n, dtype=np.int32)),
+                      "face_found": pa.array(np.ones(n, bool)), "crop": pa.array(crops_list, pa.binary())})
+    pq.write_table(table, folder / "crops.parquet", row_group_size=256)
+    return crops.ParquetCrops(crops.index_face_rows([folder / "crops.parquet"]))
 
 
 def sync(dev: torch.device) -> None:
@@ -97,15 +109,17 @@ def main() -> None:
     cfg = settings({"frame_model": {"backbone": args.backbone, "input_size": args.size, "batch_size": args.batch,
                                     "num_workers": args.workers, "augment": True}})
     torch.manual_seed(0)
-    with tempfile.TemporaryDirectory() as tmp:
-        faces = args.faces or make_faces(args.video, args.frames, Path(tmp))
-        rows = pd.read_parquet(faces, columns=["face_found", "crop"])
-        found = rows.loc[rows["face_found"], "crop"].tolist()
+    tmp = tempfile.TemporaryDirectory()
+    faces = args.faces or make_faces(args.video, args.frames, Path(tmp.name))
+    rows = pd.read_parquet(faces, columns=["face_found", "crop"])
+    found = rows.loc[rows["face_found"], "crop"].tolist()
     n = args.batches * args.batch
-    encoded = pa.chunked_array([pa.array([found[i % len(found)] for i in range(n)], pa.binary())])
+    cycled = [found[i % len(found)] for i in range(n)]
+    encoded = pa.chunked_array([pa.array(cycled, pa.binary())])
     labels = np.arange(n) % len(CLASSES)
     weights = class_weights(np.bincount(labels, minlength=len(CLASSES)), CLASSES).to(dev)
-    batches = frame_batches(encoded, labels, cfg, dev, torch.Generator().manual_seed(0), decode_on_device(decode, dev))
+    batches = frame_batches(streamed_crops(cycled, Path(tmp.name)), labels, cfg, dev, torch.Generator().manual_seed(0),
+                            decode_on_device(decode, dev))
 
     model = to_device(FrameModel(args.backbone, CLASSES, input_size=args.size), dev)
     optimizer = optimizer_for(model, 1e-4, dev)
@@ -138,6 +152,7 @@ def main() -> None:
     print(f"training loop:                   {statistics.median(loop):.1f} frames/s "
           f"(runs: {', '.join(f'{x:.1f}' for x in loop)})")
     print(f"ratio loop/bare ({fastest}): {ratio:.2f}")
+    tmp.cleanup()
 
 
 if __name__ == "__main__":

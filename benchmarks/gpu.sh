@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU figures of README "Performance" and the checks of the CUDA paths, as one run on a GPU machine
+# The GPU figures of docs/performance.md and the checks of the CUDA paths, as one run on a GPU machine
 # (torch, torchvision, timm, OpenCV, pandas, pyarrow, scikit-learn, PyYAML; no snakemake, mlflow or dlib):
 #
 #     bash benchmarks/gpu.sh FACES_PARQUET

@@ -21,8 +21,10 @@ and transformer); ``--config FILE`` takes the grid from a config's
    point alone, one after another (:func:`ferseq.sequence_model.classifier.train`, the
    code before the fused trainer), in the same workers: the before figure.
 2. Start-up (real windows, with MLflow installed): what a grid job does
-   besides training, in fresh processes (median of 3), and its share of the
-   grid's CPU time with 9 jobs.
+   besides training, in fresh processes (median of 3): its wall seconds and
+   its CPU seconds (user + system of the process, its threads included), and
+   its share of the grid's CPU time, start-up CPU s x jobs / (that + the jobs'
+   training CPU s from 1.), beside its share of the jobs' summed wall time.
 3. Per epoch, for each job (architecture, hidden size) on ``--device``: seconds
    per epoch (all train windows and a val pass) of one point alone (a
    SequenceClassifier with torch's Adam, batch 32: the reference path) and of
@@ -42,6 +44,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import multiprocessing as mp
+import resource
 import statistics
 import subprocess
 import sys
@@ -125,17 +128,24 @@ def _train_alone(point: tuple, cfg: dict) -> tuple[float, float, int]:
     return time.perf_counter() - started, time.process_time() - cpu, len(result.history)
 
 
-def startup_seconds(windows: Path, repeat: int = 3) -> float:
-    """Median wall time of a fresh process doing a grid job's work minus the training."""
-    times = []
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of this process's finished, waited-for children so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def startup_cost(windows: Path, repeat: int = 3) -> tuple[float, float]:
+    """Median wall seconds and median CPU seconds of a fresh process doing a grid job's work minus the training."""
+    walls, cpus = [], []
     for _ in range(repeat):
         with tempfile.TemporaryDirectory() as tmp:
             code = STARTUP.format(src=str(REPO / "src"), train=str(windows / "train.parquet"),
                                   val=str(windows / "val.parquet"), classes=CLASSES, tmp=tmp)
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), _children_cpu()
             subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
-            times.append(time.perf_counter() - started)
-    return statistics.median(times)
+            walls.append(time.perf_counter() - started)
+            cpus.append(_children_cpu() - cpu)  # the one child this run waited for
+    return statistics.median(walls), statistics.median(cpus)
 
 
 def demo_jobs(results: Path) -> pd.DataFrame:
@@ -259,10 +269,13 @@ def main() -> None:
                       f"{statistics.median(e for _, _, e in alone):.0f} epochs a point): together/alone {wall / before:.2f} "
                       f"wall, {cpu / cpu_before:.2f} CPU (CPU time is the fairer figure on a shared machine)")
         try:
-            startup = startup_seconds(args.windows)
-            training = sum(s for s, _, _ in done)
-            print(f"job start-up (fresh Python, imports, windows read, MLflow runs): {startup:.2f} s; {len(jobs)} jobs: "
-                  f"start-up {len(jobs) * startup / (len(jobs) * startup + training):.0%} of the grid's CPU time")
+            startup, startup_cpu = startup_cost(args.windows)
+            training, training_cpu = sum(s for s, _, _ in done), sum(c for _, c, _ in done)
+            n = len(jobs)
+            print(f"job start-up (fresh Python, imports, windows read, MLflow runs): {startup:.2f} s wall, "
+                  f"{startup_cpu:.2f} CPU s; {n} jobs: start-up {n * startup_cpu / (n * startup_cpu + training_cpu):.0%} "
+                  f"of the grid's CPU time (start-up CPU s / start-up + training CPU s), "
+                  f"{n * startup / (n * startup + training):.0%} of the jobs' summed wall time")
         except subprocess.CalledProcessError as err:  # e.g. a GPU machine without mlflow or snakemake
             print(f"job start-up not measured: {err.stderr.decode().strip().splitlines()[-1]}")
         demo = demo_jobs(args.windows.parents[2])

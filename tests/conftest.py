@@ -6,6 +6,7 @@ import logging
 import os
 import subprocess
 import sys
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -14,11 +15,73 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "data" / "demo"
-# ../shared/data beside the checkout holds the fixture clips (a face that leaves, no face, several faces).
-SHARED_DATA = REPO.parent / "shared" / "data"
-FIXTURES = SHARED_DATA / "fixtures"
+# The fixture clips and stills (a face that leaves, no face, several faces, one face): provenance in SOURCE.md.
+FIXTURES = REPO / "tests" / "fixtures"
+# OpenCV's ResNet-10 SSD face detector is not in the repository: its folder comes from this variable.
+SSD_MODELS_VAR = "FERSEQ_SSD_MODELS"
+SSD_FILES = ("res10_300x300_ssd_iter_140000.caffemodel", "deploy.prototxt")
 SCHEMAS = REPO / "workflow" / "schemas"
 CLASSES = {"names": ["neutral", "happy", "sad", "pensive"], "map": {}}
+
+
+def in_ci() -> bool:
+    """Whether the tests run in CI (``CI=true``), where a missing optional input fails rather than skips."""
+    return os.environ.get("CI", "").lower() in ("true", "1")
+
+
+@pytest.fixture(scope="session")
+def ssd_models() -> Path:
+    """The folder of OpenCV's ResNet-10 SSD files (``$FERSEQ_SSD_MODELS``). Unset: the test is skipped with
+    where to get them (it fails in CI); set to a folder without them: it fails, naming what is missing."""
+    folder = os.environ.get(SSD_MODELS_VAR, "")
+    where = (f"OpenCV's ResNet-10 SSD face detector ({' and '.join(SSD_FILES)}, from OpenCV's "
+             f"samples/dnn/face_detector: its download script fetches the weights from the opencv_3rdparty "
+             f"repository); put both in one folder and set {SSD_MODELS_VAR} to it")
+    if not folder:
+        message = f"{SSD_MODELS_VAR} is not set: these tests need {where}"
+        if in_ci():
+            pytest.fail(message + " (CI=true: not skipped)")
+        pytest.skip(message)
+    path = Path(folder).resolve()
+    missing = [name for name in SSD_FILES if not (path / name).is_file()]
+    if missing:
+        pytest.fail(f"{SSD_MODELS_VAR}={folder}: {', '.join(missing)} not found in {path}; these tests need {where}")
+    return path
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    """The random order's seed again at the end of a run (pytest-randomly prints it only in the header)."""
+    if config.pluginmanager.hasplugin("randomly") and config.getoption("randomly_reorganize", False):
+        seed = config.getoption("randomly_seed")
+        terminalreporter.write_line(f"tests in random order, seed {seed}: repeat this order with "
+                                    f"`make test SEED={seed}` (pytest -p randomly --randomly-seed={seed})")
+
+
+@pytest.fixture(autouse=True)
+def _ferseq_logger() -> Iterator[None]:
+    """The ``ferseq`` logger as it was before each test: ``logs.setup`` (``cli.main``, a step run in-process)
+    replaces its handlers and stops propagation, which would hide later tests' records from ``caplog`` and
+    send later in-process MLflow journals beside an earlier test's log file."""
+    logger = logging.getLogger("ferseq")
+    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
+    yield
+    for handler in logger.handlers:
+        if handler not in handlers:
+            handler.close()
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
+    logger.propagate = propagate
+
+
+@pytest.fixture(autouse=True)
+def _torch_seed(request) -> None:
+    """Each test starts torch's global generator from its own seed, whatever ran before it: pytest-randomly
+    reseeds ``random`` and numpy per test but not torch (the seed follows its ``--randomly-seed``)."""
+    torch = sys.modules.get("torch")  # only once something has imported it: no torch import for the others
+    if torch is None:
+        return
+    base = request.config.getoption("randomly_seed", 0) if request.config.pluginmanager.hasplugin("randomly") else 0
+    torch.manual_seed((int(base) + zlib.crc32(request.node.nodeid.encode())) % 2**63)
 
 
 @pytest.fixture

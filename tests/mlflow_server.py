@@ -1,4 +1,4 @@
-"""A real `mlflow server` on loopback with a database backend, as the README starts one on a cluster;
+"""A real `mlflow server` on loopback with a database backend, as docs/clusters.md starts one on a cluster;
 it can be killed and started again on the same port and store (a tracking server that restarts)."""
 
 from __future__ import annotations

@@ -35,11 +35,13 @@ LAYOUTS = {
                 "<label>/<clip>, a clip being a video file or an image-sequence folder; subjects from "
                 "--subject-regex, --subjects or --subject-from-clip"),
     "dfew": ("DFEW, its 5 official folds (single-labelled clips)",
-             "EmoLabel_DataSplit/{train,test}(single-labeled)/set_{1..5}.csv (video_name,label 1-7), frame folders "
+             "EmoLabel_DataSplit/{train,test}(single-labeled)/set_{1..5}.csv (or (single_labeled); video_name,label "
+             "1-7), frame folders "
              "Clip/clip_224x224/NNNNN/ (or Clip/jpg_256, or --clips); folds = each clip's test fold"),
     "mafw": ("MAFW, its 5 official folds (single-expression clips, 11 classes)",
-             "split/single/no_caption/set_{1..5}/{train,test}.txt (clip name and label word), frame folders "
-             "data/frames/NNNNN/ (or clips/, or --clips); folds = each clip's test fold"),
+             "split/single/no_caption/set_{1..5}/{train,test}.txt (or Train & Test Set/single/no_caption/...; clip "
+             "name and label word), frame folders data/frames/NNNNN/ (or videos data/clips/, clips/, or --clips); "
+             "folds = each clip's test fold"),
     "ferv39k": ("FERV39k, its official train/test split",
                 "4_setups/All_scenes/{train_All,test_All}.csv (clip path and label word), frame folders "
                 "2_ClipsforFaceCrop/<scene>/<label>/NNNN/ (or --clips); split = train or test, group = scene"),

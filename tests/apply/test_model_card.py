@@ -107,3 +107,30 @@ def test_an_older_run_without_evaluation_is_said_plainly(tmp_path):
     assert "config was not recorded" in card and "config hash `not recorded`" in card
     assert "clears the landmark baseline is not recorded" in card
     assert "Validation" in card and "- LSTM: 60.00" in card  # what the checkpoints recorded is still there
+
+
+def terms_section(card: str) -> str:
+    return card.split("## Licences and terms", 1)[1]
+
+
+def test_the_card_states_the_terms_of_the_models_the_bundle_needs(tmp_path):
+    # The 68-point landmark model is in every bundle's pipeline: its non-commercial terms are always stated.
+    config = {"frame_model": {"pretrained": True, "backbone": "legacy_xception"}}
+    info = a_manifest(tmp_path, config)
+    info["faces"] = {"detector": "opencv_dnn", "dnn_model": "res10_300x300_ssd_iter_140000.caffemodel"}
+    terms = terms_section(model_card.render(info))
+    assert "iBUG 300-W" in terms and "non-commercial use" in terms and "commercial product" in terms
+    assert "OpenCV's ResNet-10 SSD" in terms and "Apache 2.0" in terms and "dlib's HOG" not in terms
+    assert "`legacy_xception` started from timm's ImageNet weights" in terms and "random weights" not in terms
+    assert "MIT-licensed" in terms and "Training data" in terms
+
+    # Another detector, a CNN from scratch: the card follows the manifest, not a fixed text.
+    info = a_manifest(tmp_path, {"frame_model": {"pretrained": False, "backbone": "resnet18"}})
+    terms = terms_section(model_card.render(info))
+    assert "dlib's HOG frontal face detector" in terms and "Boost Software License" in terms
+    assert "`resnet18` trained from random weights" in terms and "ImageNet" not in terms
+    assert "iBUG 300-W" in terms  # the landmark model is needed whatever the detector
+
+    # An older run without its config: the ImageNet terms may apply, and the card says it does not know.
+    terms = terms_section(model_card.render(a_manifest(tmp_path)))
+    assert "not recorded" in terms and "`legacy_xception`" in terms

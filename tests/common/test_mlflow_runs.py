@@ -186,7 +186,7 @@ def test_a_rerun_of_a_step_supersedes_its_earlier_runs_and_logs_anew(tmp_path):
     assert mlflow.get_run(other.run_id).info.lifecycle_stage == "active"  # another step: left alone
 
 
-def test_an_unreachable_store_costs_the_job_nothing_and_sync_delivers_later(tmp_path, monkeypatch):
+def test_an_unreachable_store_costs_the_job_nothing_and_sync_delivers_later(tmp_path, monkeypatch, capsys):
     """A tracking server on a port where nothing listens: every call returns at once and the run's end says what
     was not delivered. A store that cannot be opened (its folder is a file here) is the same; once it can be,
     `ferseq mlflow sync` sends the journal, in order, and removes it."""
@@ -212,7 +212,10 @@ def test_an_unreachable_store_costs_the_job_nothing_and_sync_delivers_later(tmp_
     for epoch in (1, 2, 3):
         run.log_metrics({"val_loss": 1.0 / epoch}, step=epoch)
     assert not run.end()
-    assert cli.main(["mlflow", "sync", str(folder)]) == 1  # still not there: kept
+    capsys.readouterr()
+    assert cli.main(["mlflow", "sync", str(folder)]) == 1  # still not there: kept, and the store's error named
+    said = capsys.readouterr().err  # the command's log goes to stderr
+    assert f"not delivered to {cfg['mlflow']['tracking_uri']} (FileExistsError" in said and "1 still pending" in said
     (tmp_path / "store").unlink()
     assert cli.main(["mlflow", "sync", str(tmp_path / "logs")]) == 0
     assert not list(folder.glob("*.jsonl"))
@@ -221,3 +224,49 @@ def test_an_unreachable_store_costs_the_job_nothing_and_sync_delivers_later(tmp_
     assert stored.info.status == "FINISHED" and stored.data.params["lr"] == "0.01"
     assert [m.step for m in client.get_metric_history(stored.info.run_id, "val_loss")] == [1, 2, 3]
     assert mlflow.artifacts.load_dict(f"runs:/{stored.info.run_id}/config.json") == cfg
+
+
+def test_a_run_that_ends_without_waiting_still_tries_the_store_once(tmp_path, monkeypatch):
+    """FERSEQ_MLFLOW_WAIT=0: the end does not wait for an unreachable store, but it tries a reachable one
+    (one round of the sender) before it says what was not delivered, so a run that could be sent is sent."""
+    from ferseq.common import mlflow_outbox
+
+    monkeypatch.setenv("FERSEQ_MLFLOW_WAIT", "0")
+    cfg = config(tmp_path)
+    folder = tmp_path / "logs/evaluate.mlflow"
+    run = mlflow_outbox.RunLog.create(cfg, "evaluate", 0, folder=folder)
+    run.log_metrics({"macro_f1": 0.5}, step=0)
+    assert run.end()
+    assert not list(folder.glob("*.jsonl"))
+    assert mlflow.get_run(run.run_id).info.status == "FINISHED"
+
+
+def test_sync_waits_for_a_journal_another_process_is_sending_and_says_so_when_it_cannot(tmp_path, monkeypatch,
+                                                                                        capsys):
+    """A job's sender thread (or another sync) holds a journal's lock while it sends: sync waits for it up
+    to a bound, then says that this is why the journal is still pending; once it is free, sync delivers."""
+    import fcntl
+
+    from ferseq import cli
+    from ferseq.common import mlflow_outbox
+
+    monkeypatch.setenv("FERSEQ_MLFLOW_WAIT", "0")
+    monkeypatch.setattr(mlflow_outbox, "LOCK_WAIT", 0.5)
+    (tmp_path / "store").write_text("not a folder")
+    cfg = {"experiment": "locked", "mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/store/mlflow.db"}}
+    folder = tmp_path / "logs/frame_model.mlflow"
+    run = mlflow_outbox.RunLog.create(cfg, "frame_model", 0, folder=folder)
+    run.log_params({"lr": 0.01})
+    assert not run.end()
+    (journal,) = folder.glob("*.jsonl")
+    (tmp_path / "store").unlink()
+    with open(journal.with_name(journal.name + ".lock"), "w") as lock:  # another open file: flock conflicts
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        capsys.readouterr()
+        assert cli.main(["mlflow", "sync", str(folder)]) == 1
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    assert "(another process is sending this journal at the moment" in capsys.readouterr().err
+    assert cli.main(["mlflow", "sync", str(folder)]) == 0
+    client = mlflow.MlflowClient(cfg["mlflow"]["tracking_uri"])
+    (stored,) = client.search_runs([client.get_experiment_by_name("locked").experiment_id])
+    assert stored.info.status == "FINISHED" and stored.data.params["lr"] == "0.01"

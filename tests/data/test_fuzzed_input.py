@@ -12,7 +12,7 @@ import re
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from conftest import CLASSES, DEMO, REPO, SCHEMAS
@@ -101,6 +101,10 @@ values = st.recursive(
 @settings(max_examples=60, deadline=None)
 @given(changes=st.lists(st.tuples(st.sampled_from(KEYS), values), min_size=1, max_size=3),
        extra=st.one_of(st.none(), st.tuples(texts, values)))
+# Always tried besides the random ones: a schema problem, an unknown top-level key, and cross-key problems.
+@example(changes=[(("data", "videos"), None)], extra=("strcit", 1))
+@example(changes=[(("data", "videos"), "no/such/folder"), (("windows", "length"), 16)], extra=None)
+@example(changes=[(("classes", "map"), {"joy": "glad"})], extra=None)
 def test_a_random_config_value_passes_or_is_named_by_its_key(changes, extra):
     from snakemake.exceptions import WorkflowError
     from snakemake.utils import validate
@@ -111,6 +115,9 @@ def test_a_random_config_value_passes_or_is_named_by_its_key(changes, extra):
         config[section][key] = value
     if extra:
         config[extra[0] or "_"] = extra[1]
+    # The demo config is valid: every problem is one of the keys changed here, and each line must name it.
+    changed = [f"{section}.{key}" for (section, key), _ in changes if not (extra and (extra[0] or "_") == section)]
+    added = [extra[0] or "_"] if extra else []
     try:
         validate(config, str(SCHEMAS / "config.schema.yaml"))  # as workflow/rules/common.smk validates it
     except WorkflowError:
@@ -118,11 +125,36 @@ def test_a_random_config_value_passes_or_is_named_by_its_key(changes, extra):
         lines = message.splitlines()
         assert lines[0].startswith("config problems") and len(lines) > 1, message
         assert all(re.match(r"  [^:]+: ", line) for line in lines[1:] if line.startswith("  ")), message
+        problems = [line for line in lines[1:] if line.startswith("  ")]
+        assert problems, message
+        for line in problems:
+            assert names_a_changed_key(line, changed, added, schema=True), (line, changed, added)
         return
     try:
         config_check.check(config)
     except ConfigError as err:
-        assert all(re.match(r"  [a-z_]+(\.[^:]+)*[: ]", line) for line in str(err).splitlines()[1:]), str(err)
+        lines = str(err).splitlines()[1:]
+        assert lines, str(err)
+        for line in lines:
+            assert re.match(r"  [a-z_]+(\.[^:]+)*[: ]", line), str(err)
+            assert names_a_changed_key(line, changed, added, schema=False), (line, changed, added)
+
+
+def names_a_changed_key(line: str, changed: list[str], added: list[str], schema: bool) -> bool:
+    """Whether a problem line names one of the ``changed`` keys (section.key) or ``added`` top-level keys.
+
+    A schema line starts with the key's path (``section.key``, ``section.key.0``...); a top-level key that the
+    schema does not know is named in ``(top level): Additional properties ... ('name' was unexpected)``. A
+    cross-key line of ``check`` names the changed key, at its start or in its text (``classes.map.x: ... not one
+    of classes.names``).
+    """
+    text = line[2:]
+    for key in changed + [config_check._part(name) for name in added]:
+        if re.match(re.escape(key) + r"[.: ]", text):
+            return True
+        if not schema and key in changed and key in text:
+            return True
+    return any(text.startswith("(top level): ") and f"{name!r} was unexpected" in text for name in added)
 
 
 @pytest.mark.parametrize("data", [b"\xff\xfe" + "video,subject\n".encode("utf-16-le"), b"\x00" * 40, b'"\n' * 3])

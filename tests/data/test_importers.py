@@ -503,6 +503,39 @@ def test_dfew_malformed_split_files_are_named_by_file_and_line(tmp_path, capsys,
     assert not out.exists() and not importers.skipped_path(out).exists()
 
 
+@pytest.mark.parametrize("train,test", [("train(single_labeled)", "test(single_labeled)"),
+                                        ("train(single-labeled)", "test(single_labeled)")])
+def test_dfew_split_folders_spelled_with_an_underscore(tmp_path, capsys, dfew_root, train, test):
+    splits_dir = dfew_root / "EmoLabel_DataSplit"
+    for part, name in (("train", train), ("test", test)):
+        (splits_dir / f"{part}(single-labeled)").rename(splits_dir / name)
+    out = tmp_path / "annotations.csv"
+    code, err = _run(capsys, "import", "dfew", str(dfew_root), "-o", str(out))
+    assert code == 0, err
+    assert [(row[0], row[2], row[6]) for row in _table(out, ("folds", "identity_leak"))] == [
+        ("Clip/jpg_256/00001", "happy", "1"), ("Clip/jpg_256/00002", "sad", "2"),
+        ("Clip/jpg_256/00003.mp4", "anger", "3"), ("Clip/jpg_256/00004", "disgust", "4"),
+        ("Clip/jpg_256/00005", "fear", "5")]
+    skipped = _skipped(out)
+    assert skipped["Clip/jpg_256/00006"].startswith(f"named in EmoLabel_DataSplit/{test}/set_1.csv, line 3 but not on")
+    listing = ("EmoLabel_DataSplit/*(single_labeled)/set_1..5.csv" if train.endswith("_labeled)")
+               else f"EmoLabel_DataSplit/{train}/ and {test}/set_1..5.csv")
+    assert skipped["Clip/jpg_256/00007"] == f"a clip that no split file of the protocol names ({listing})"
+
+
+def test_dfew_without_its_split_folders_names_every_place_looked(tmp_path, capsys, dfew_root):
+    shutil.rmtree(dfew_root / "EmoLabel_DataSplit" / "test(single-labeled)")
+    code, err = _run(capsys, "import", "dfew", str(dfew_root), "-o", str(tmp_path / "a.csv"))
+    assert code == 2 and "Traceback" not in err
+    assert ("has no test split folder: looked for EmoLabel_DataSplit/test(single-labeled)/, "
+            "EmoLabel_DataSplit/test(single_labeled)/ (each with set_1.csv ... set_5.csv)") in err
+    shutil.rmtree(dfew_root / "EmoLabel_DataSplit")
+    code, err = _run(capsys, "import", "dfew", str(dfew_root), "-o", str(tmp_path / "a.csv"))
+    assert code == 2 and "has no train or test split folder: looked for " + ", ".join(
+        f"EmoLabel_DataSplit/{p}(single{s}labeled)/" for p in ("train", "test") for s in "-_") in err
+    assert not (tmp_path / "a.csv").exists()
+
+
 def test_mafw(tmp_path, capsys, frames):
     root = tmp_path / "MAFW"
     for name, n in (("00025", 6), ("00031", 5), ("00040", 4), ("00108", 7)):
@@ -538,6 +571,50 @@ def test_mafw(tmp_path, capsys, frames):
     assert code == 2 and not (tmp_path / "bad.csv").exists()
     assert "split/single/no_caption/set_2/test.txt, line 1: label 'joy' is not a MAFW single-expression label" in err
     assert "split/single/no_caption/set_2/test.txt, line 2: 1 field(s), expected a clip and its label" in err
+
+
+def test_mafw_release_layout_of_train_test_set_and_clips(tmp_path, capsys):
+    """``Train & Test Set/single/no_caption`` with the clips as videos in ``data/clips``, as the release unpacks."""
+    root = tmp_path / "MAFW"
+    for name in ("00025", "00031", "00040", "00108"):
+        _file(root / "data" / "clips" / f"{name}.mp4", MAN)
+    labels = {"00025.mp4": "anger", "00031.mp4": "happiness", "00040.mp4": "helplessness", "00108.mp4": "sadness"}
+    _split_files(root, lambda split, fold: mafw.split_file(split, fold, "Train & Test Set/single/no_caption"),
+                 {1: ["00025.mp4"], 2: ["00031.mp4"], 3: ["00040.mp4"], 4: ["00108.mp4"], 5: ["00025.mp4"]},
+                 labels, lambda c, l: f"{c} {l}\n")
+    _file(root / "Train & Test Set" / "compound" / "no_caption" / "set_1" / "train.txt", "x")
+    out = tmp_path / "annotations.csv"
+    code, err = _run(capsys, "import", "mafw", str(root), "-o", str(out))
+    assert code == 0, err
+    assert _table(out, ("folds", "identity_leak")) == [
+        ("data/clips/00025.mp4", "00025", "anger", "0", "72", "", "1;5", "True"),
+        ("data/clips/00031.mp4", "00031", "happy", "0", "72", "", "2", "True"),
+        ("data/clips/00040.mp4", "00040", "helplessness", "0", "72", "", "3", "True"),
+        ("data/clips/00108.mp4", "00108", "sad", "0", "72", "", "4", "True"),
+    ]
+    assert _skipped(out) == {"Train & Test Set/compound": "not part of MAFW's single-expression protocol "
+                                                          "(Train & Test Set/single/no_caption/set_1..5/, data/clips/)"}
+    assert "fold 2: 3 train and 1 test clip(s)" in err
+    segments = _accepted(out, root, ["anger", "happy", "helplessness", "sad"])
+    assert segments["test_folds"].tolist() == ["1;5", "2", "3", "4"]
+    # A line's problem is named by its file in this layout too.
+    (root / mafw.split_file("test", 3, "Train & Test Set/single/no_caption")).write_text("00040.mp4 boredom\n")
+    code, err = _run(capsys, "import", "mafw", str(root), "-o", str(tmp_path / "bad.csv"))
+    assert code == 2 and "Train & Test Set/single/no_caption/set_3/test.txt, line 1: label 'boredom'" in err
+
+
+def test_mafw_without_split_or_clip_folder_names_every_place_looked(tmp_path, capsys):
+    root = tmp_path / "MAFW"
+    _file(root / "data" / "clips" / "00025.mp4", MAN)
+    code, err = _run(capsys, "import", "mafw", str(root), "-o", str(tmp_path / "a.csv"))
+    assert code == 2 and "Traceback" not in err
+    assert ("has none of the split folders split/single/no_caption/, Train & Test Set/single/no_caption/ "
+            "(each with set_1/train.txt ... set_5/test.txt)") in err
+    (root / "Train & Test Set" / "single" / "no_caption").mkdir(parents=True)
+    shutil.rmtree(root / "data")
+    code, err = _run(capsys, "import", "mafw", str(root), "-o", str(tmp_path / "a.csv"))
+    assert code == 2 and "has none of the clip folders data/frames, data/clips, clips" in err
+    assert not (tmp_path / "a.csv").exists()
 
 
 def test_ferv39k(tmp_path, capsys, frames):
@@ -645,9 +722,13 @@ def test_example_configs_validate(tmp_path, name):
     expected = {"ckplus": ("kfold", 10), **{b: ("predefined", None) for b in BENCHMARKS}}.get(name, ("holdout", None))
     assert (example["split"].get("scheme"), example["split"].get("k")) == expected
     assert example["split"]["unit"] == "subject"
-    if name in BENCHMARKS:  # the literature's protocol: official folds, 16 frames over each whole clip, every clip
+    if name in BENCHMARKS:  # the benchmark's protocol: official folds, DFER-CLIP's 16-frame sampling, every clip
         assert example["windows"] == {"length": 16, "sampling": "uniform"} and example["data"]["min_segment_frames"] == 1
         assert 0 < example["split"]["val_fraction"] < 1
+        # Every clip keeps its frames: face crops are taken as the face box; MAFW's whole frames need a detector,
+        # and a clip without a face is kept (scored by the training prior), not failed.
+        expected_faces = {"detector": "hog", "skip_faceless_videos": True} if name == "mafw" else {"detector": "none"}
+        assert example["faces"] == expected_faces
     # The cross-key checks pass once the dataset folder and the imported table exist.
     filled = copy.deepcopy(example)
     validate(filled, str(SCHEMAS / "config.schema.yaml"), set_default=True)

@@ -29,10 +29,26 @@ segment_tables = st.lists(
 ).map(table)
 
 
+# The annotation table's own column for each split.unit, written out here rather than read from the product
+# (splits.UNIT_COLUMNS), so that a unit wired to the wrong column fails.
+TABLE_COLUMNS = {"subject": "subject", "video": "video_id", "segment": "segment_id"}
+
+
+def split_of_each_unit(result: pd.DataFrame, segments: pd.DataFrame, unit: str) -> pd.Series:
+    """How many splits each unit's segments went to, per fold, the unit taken from the table's own column."""
+    return with_own_unit(result, segments, unit).groupby(["fold", "own_unit"])["split"].nunique()
+
+
+def with_own_unit(result: pd.DataFrame, segments: pd.DataFrame, unit: str) -> pd.DataFrame:
+    """``result`` with ``own_unit``: each segment's unit from the annotation table's column."""
+    own = pd.DataFrame({"segment_id": segments["segment_id"], "own_unit": segments[TABLE_COLUMNS[unit]]})
+    return result.merge(own, on="segment_id", validate="many_to_one")
+
+
 @settings(max_examples=60, deadline=None)
 @given(segment_tables, st.sampled_from(["subject", "video", "segment"]), st.integers(0, 10_000))
 def test_holdout_keeps_units_whole_and_honours_fractions(segments, unit, seed):
-    column = splits.UNIT_COLUMNS[unit]
+    column = TABLE_COLUMNS[unit]
     n = segments[column].nunique()
     if n < 3:
         with pytest.raises(SplitError, match=f"split.unit {unit}: {n}"):
@@ -40,10 +56,10 @@ def test_holdout_keeps_units_whole_and_honours_fractions(segments, unit, seed):
         return
     result = splits.make_splits(segments, unit, "holdout", seed=seed)
     assert len(result) == len(segments) and result["split"].notna().all()
-    assert (result.groupby("unit")["split"].nunique() == 1).all()
+    assert (split_of_each_unit(result, segments, unit) == 1).all()
     if unit == "subject":
         assert (result.groupby("subject")["split"].nunique() == 1).all()  # no person in two splits
-    per_split = result.groupby("split")["unit"].nunique()
+    per_split = with_own_unit(result, segments, unit).groupby("split")["own_unit"].nunique()
     for name, fraction in {"train": 0.5, "val": 0.2, "test": 0.3}.items():
         assert abs(per_split.get(name, 0) - fraction * n) < 1 + 1e-9 or per_split.get(name, 0) == 1
     again = splits.make_splits(segments, unit, "holdout", seed=seed)
@@ -65,6 +81,24 @@ def test_kfold_tests_each_subject_exactly_once(segments, k, seed):
     assert (result.groupby(["fold", "subject"])["split"].nunique() == 1).all()
     sizes = result[result["split"] == "test"].groupby("fold")["subject"].nunique()
     assert sizes.max() - sizes.min() <= 1
+
+
+@pytest.mark.parametrize("unit", ["subject", "video"])
+@pytest.mark.parametrize("scheme", ["holdout", "kfold"])
+def test_every_video_or_person_stays_whole_by_the_tables_own_columns(unit, scheme):
+    # 8 people with 3 videos each, every video cut into 4 segments of mixed labels: a unit wired to a finer column
+    # (video to the segment id, subject to the video) scatters some unit's segments over several splits.
+    labels = ["happy", "sad", "neutral"]
+    segments = pd.DataFrame([
+        {"segment_id": 100 * p + 10 * v + s, "video_id": f"p{p}_v{v}", "subject": f"p{p}",
+         "label": labels[(p + v + s) % 3], "frames": 20}
+        for p in range(8) for v in range(3) for s in range(4)])
+    for seed in range(3):
+        result = splits.make_splits(segments, unit, scheme, k=3, seed=seed)
+        assert len(result) == len(segments) * (3 if scheme == "kfold" else 1)
+        assert (split_of_each_unit(result, segments, unit) == 1).all()
+        # ... and the units are really split: each split holds some of them.
+        assert (result.groupby("fold")["split"].nunique() == 3).all()
 
 
 def test_stratified_by_label_when_subjects_allow():

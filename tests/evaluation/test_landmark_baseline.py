@@ -61,10 +61,29 @@ def test_eye_centres_land_on_the_x_axis_one_unit_apart(real_landmarks):
     assert (points[:, 48:68, 1].mean(axis=1) > 0.5).all()
 
 
-def test_expression_survives_normalisation(real_landmarks):
-    # Normalisation removes pose, not expression: two different frames stay different.
-    normalised = landmark_features.normalise(real_landmarks)
-    assert np.abs(normalised[0] - normalised[-1]).max() > 0.05
+@pytest.fixture(scope="module")
+def woman_shapes(demo) -> dict[int, np.ndarray]:
+    """One person's normalised landmarks, (N, 68, 2) per demo segment: the woman's sad (segments 1, 2) and happy
+    (5, 6) frames."""
+    table = pq.read_table(demo.faces["woman"], columns=["segment_id", "face_found", "landmarks"]).to_pandas()
+    table = table[table["face_found"]]
+    return {sid: landmark_features.normalise(np.stack([np.asarray(p, np.float64) for p in rows["landmarks"]]))
+            .reshape(-1, 68, 2) for sid, rows in table.groupby("segment_id")}
+
+
+def test_expression_survives_normalisation(woman_shapes):
+    # Frames of one person, so what differs between them is her expression, not who she is. Each frame of a sad
+    # and of a happy segment is nearer to the mean shape of her other segment of the same expression.
+    assert all(len(woman_shapes[sid]) >= 12 for sid in (1, 2, 5, 6))
+    sad, happy = woman_shapes[1].mean(axis=0), woman_shapes[5].mean(axis=0)
+    for sid, same, other in ((2, sad, happy), (6, happy, sad)):
+        near = np.linalg.norm(woman_shapes[sid] - same, axis=(1, 2))
+        far = np.linalg.norm(woman_shapes[sid] - other, axis=(1, 2))
+        assert (near < far).all(), sid
+    # Her smile widens the mouth (corners 48 and 54) in units of the distance between the eyes.
+    width = {sid: np.linalg.norm(woman_shapes[sid][:, 54] - woman_shapes[sid][:, 48], axis=1).mean()
+             for sid in (1, 2, 5, 6)}
+    assert min(width[5], width[6]) > max(width[1], width[2]) + 0.03, width
 
 
 def test_degenerate_landmarks_are_refused():

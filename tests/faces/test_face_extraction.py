@@ -1,7 +1,8 @@
 """Faces stage on real clips and stills: detection, tracking, the central-face rule, alignment, outputs and errors.
 
-Everything runs the real dlib and OpenCV models on the shared test clips
-(../shared/data beside the checkout), on short frame ranges to stay fast.
+Everything runs the real dlib and OpenCV models on the demo clips and the test
+fixtures (tests/fixtures), on short frame ranges to stay fast; the SSD tests read
+OpenCV's ResNet-10 SSD files from $FERSEQ_SSD_MODELS (the ``ssd_models`` fixture).
 """
 
 from __future__ import annotations
@@ -20,14 +21,14 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from conftest import FIXTURES, REPO, SHARED_DATA
+from conftest import DEMO, FIXTURES, REPO, SSD_FILES
 from ferseq.common.errors import ConfigError
 from ferseq.data.videos import VideoError, iter_frames, probe
 from ferseq.faces import alignment
 from ferseq.faces.detection import Detection, SsdDetector, central_face, make_detector, model_path
 from ferseq.faces.face_extraction import DEFAULTS, METADATA_KEY, NoFaceError, extract_faces, find_face
 
-VIDEOS = SHARED_DATA / "demo" / "videos"
+VIDEOS = DEMO / "videos"
 
 # Eye centres of an aligned crop must land this close (pixels, in a 224 px crop)
 # to the template: through the alignment matrix, and when dlib measures them
@@ -325,15 +326,12 @@ def test_opencv_dnn_needs_both_model_paths(cfg, tmp_path):
         make_detector(cfg)
 
 
-# --- OpenCV's ResNet-10 SSD with its real files (../shared/data/models) ----------------------------------------
-
-SSD_MODELS = SHARED_DATA / "models"
-
+# --- OpenCV's ResNet-10 SSD with its real files ($FERSEQ_SSD_MODELS; skipped without them, failed in CI) --------
 
 @pytest.fixture
-def ssd_cfg(cfg) -> dict:
-    cfg.update(detector="opencv_dnn", dnn_model=str(SSD_MODELS / "res10_300x300_ssd_iter_140000.caffemodel"),
-               dnn_prototxt=str(SSD_MODELS / "deploy.prototxt"))
+def ssd_cfg(cfg, ssd_models) -> dict:
+    model, prototxt = SSD_FILES
+    cfg.update(detector="opencv_dnn", dnn_model=str(ssd_models / model), dnn_prototxt=str(ssd_models / prototxt))
     return cfg
 
 

@@ -85,13 +85,18 @@ def test_tensor_augmentation_does_what_crops_augment_does_and_follows_the_seed(e
         assert diff.max() <= 4 and diff.float().mean() < 0.5, seed
 
 
+def stream(data: pa.Array, labels: np.ndarray, batch: int, generator=None, **kwargs) -> crops.StreamBatches:
+    return crops.StreamBatches(crops.MemoryCrops(data, unit_size=7), np.arange(len(labels)), labels, batch, generator,
+                               **kwargs)
+
+
 def test_device_batches_cover_every_crop_once_with_its_label(encoded):
     data = pa.array([bytes(crop.numpy()) for crop in encoded], pa.binary())
     labels = np.arange(len(encoded)) % 4
     # Row i's label is i % 4, and its image is crop i: find each batch image among the decoded crops.
     all_images = device_crops.decode_batch(encoded, 32, "cpu").flatten(1)
-    batches = device_crops.DeviceBatches(pa.chunked_array([data[:10], data[10:]]), labels, 32, 8, "cpu",
-                                         torch.Generator().manual_seed(1))
+    batches = device_crops.DeviceBatches(stream(pa.chunked_array([data[:10], data[10:]]), labels, 8,
+                                                torch.Generator().manual_seed(1)), 32, "cpu")
     seen = []
     for images, y in batches:
         assert images.dtype == torch.uint8 and images.shape[1:] == (3, 32, 32) and y.dtype == torch.int64
@@ -100,12 +105,33 @@ def test_device_batches_cover_every_crop_once_with_its_label(encoded):
         seen += rows
     assert sorted(seen) == list(range(len(encoded))) and seen != sorted(seen)  # all, once, shuffled
     assert len(batches) == -(-len(encoded) // 8)
-    dropping = device_crops.DeviceBatches(data, labels, 32, 8, "cpu", torch.Generator(), drop_last=True)
+    dropping = device_crops.DeviceBatches(stream(data, labels, 8, torch.Generator(), drop_last=True), 32, "cpu")
     assert len(dropping) == len(list(dropping)) == len(encoded) // 8
-    in_order = device_crops.DeviceBatches(data, labels, 32, 8, "cpu")
+    in_order = device_crops.DeviceBatches(stream(data, labels, 8), 32, "cpu")
     assert torch.cat([y for _, y in in_order]).tolist() == labels.tolist()
-    with pytest.raises(ValueError, match="generator"):
-        device_crops.DeviceBatches(data, labels, 32, 8, "cpu", augment=True)
+    with pytest.raises(ValueError, match="seeds"):
+        device_crops.DeviceBatches(stream(data, labels, 8, torch.Generator()), 32, "cpu", augment=True)
     with pytest.raises(ValueError, match="decode"):
         device_crops.decode_on_device("gpu", torch.device("cpu"))
     assert device_crops.decode_on_device(None, torch.device("cuda")) and not device_crops.decode_on_device(None, torch.device("cpu"))
+
+
+def test_device_and_worker_paths_augment_each_crop_from_its_seed_alike(encoded):
+    """The GPU path's batches (decoded and augmented as tensor ops, run on the CPU here) are the worker path's
+    (OpenCV in a DataLoader worker): same crops in the same order, the same flip, shift and brightness per crop."""
+    data = pa.array([bytes(crop.numpy()) for crop in encoded], pa.binary())
+    labels = np.arange(len(encoded)) % 4
+    on_device = device_crops.DeviceBatches(stream(data, labels, 8, torch.Generator().manual_seed(2), seeds=True),
+                                           48, "cpu", augment=True)
+    workers = crops.stream_loader(stream(data, labels, 8, torch.Generator().manual_seed(2), seeds=True), 48, True, 1)
+    pairs = list(zip(on_device, workers))
+    assert len(pairs) == len(on_device) == len(workers) == -(-len(encoded) // 8)
+    plain = torch.cat([images for images, _ in crops.stream_loader(stream(data, labels, 8), 48, False, 0)])
+    for (a, ya), (b, yb) in pairs:
+        assert torch.equal(ya, yb) and a.shape == b.shape
+        diff = (a.int() - b.int()).abs()  # warpAffine's 1/32 sub-pixel rounding: a few grey levels
+        assert diff.max() <= 4 and diff.float().mean() < 0.5
+    assert not torch.equal(torch.cat([a for (a, _), _ in pairs]).sort(dim=0).values, plain.sort(dim=0).values)
+    # the draws of a crop's seed are those crops.augment makes after torch.manual_seed(seed)
+    torch.manual_seed(11)
+    assert torch.equal(device_crops.seed_draws([11])[0], torch.rand(4))

@@ -9,6 +9,7 @@ landmark-baseline tests.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -22,6 +23,8 @@ from typing import Iterator
 import mlflow
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import timm
 import torch
@@ -31,7 +34,7 @@ from conftest import CLASSES, REPO, ferseq_log
 from demo_faces import DemoFaces, demo_faces, make_config
 from ferseq.common import resume
 from ferseq.common.errors import ConfigError
-from ferseq.frame_model import network, training
+from ferseq.frame_model import crops, network, training
 from ferseq.frame_model.network import FrameModel
 from ferseq.frame_model.training import FrameDataError
 
@@ -214,8 +217,75 @@ def test_pretrained_checkpoint_is_loaded_into_the_backbone(tmp_path):
 
 def test_a_last_batch_of_one_frame_is_dropped(demo, tmp_path):
     # 88 train frames in batches of 29 leave one: BatchNorm cannot train on one 1x1 feature map (resnet18 at 32 px).
-    result = train(demo, tmp_path, make_config(tmp_path, epochs=1, batch_size=29))
+    crops_, labels = training.fold_frames(demo.faces, demo.segments, demo.splits, 0, CLASSES["names"])["train"]
+    assert len(labels) == 88 and len(labels) % 29 == 1  # the precondition: real detection found 88 train faces
+    config = make_config(tmp_path, epochs=1, batch_size=29)
+    batches = training.frame_batches(crops_, labels, network.settings(config), torch.device("cpu"), torch.Generator())
+    assert [len(y) for _, y in batches] == [29, 29, 29] and len(batches) == 3  # the lone 88th frame is left out
+    result = train(demo, tmp_path, config)
     assert result["epochs_run"] == 1 and np.isfinite(result["history"][0]["train_loss"])
+
+
+def test_block_order_reads_each_row_group_once_an_epoch_and_shuffles_within_blocks():
+    # 50 units of 8 items (400 crops in memory), blocks of about 64 crops
+    data = pa.array([f"crop {i}".encode() for i in range(400)], pa.binary())
+    source = crops.MemoryCrops(data, unit_size=8)
+    reads = []
+    read = source.read
+    source.read = lambda unit: reads.append(unit) or read(unit)
+    labels = np.arange(400) % 4
+    stream = crops.StreamBatches(source, np.arange(400), labels, 16, torch.Generator().manual_seed(0), buffer=64)
+    orders = []
+    for _ in range(2):
+        reads.clear()
+        items = [bytes(b.data[b.offsets[i]:b.offsets[i + 1]]) for b in stream for i in range(len(b.offsets) - 1)]
+        assert sorted(items) == sorted(data.to_pylist())  # every crop once
+        assert sorted(reads) == list(range(50))  # every row group read once an epoch
+        order = [int(item.split()[1]) for item in items]
+        # the 8 items of a unit lie within one block of 64 (plus the unit that fills it): never spread over the epoch
+        spans = [np.ptp([p for p, i in enumerate(order) if i // 8 == unit]) for unit in range(50)]
+        assert max(spans) < 72 and order != sorted(order)
+        orders.append(order)
+    assert orders[0] != orders[1]
+    # a resumed epoch: the first batches are left out unread
+    again = crops.StreamBatches(source, np.arange(400), labels, 16, torch.Generator().manual_seed(0), buffer=64)
+    again.skip, reads[:] = 20, []
+    rest = [int(bytes(b.data[b.offsets[i]:b.offsets[i + 1]]).split()[1]) for b in again for i in range(len(b.offsets) - 1)]
+    assert rest == orders[0][20 * 16:] and len(set(reads)) == len(reads) < 50
+
+
+def test_training_streams_every_train_crop_once_an_epoch_in_a_new_order_that_follows_the_seed(demo, tmp_path,
+                                                                                               monkeypatch):
+    """A real training run (loader worker, augmentation): the crops that reach the decoding worker each epoch are
+    the fold's train crops (read apart from the faces files), each exactly once, in a new order every epoch; the
+    same seed gives the same orders, another seed others."""
+    epochs: list[list[str]] = []
+    original = crops.StreamBatches.__iter__
+
+    def recording(stream):  # a generator function, as the original: DataLoader calls iter() more than it iterates
+        seen: list[str] = []
+        if stream.generator is not None:  # the train batches
+            epochs.append(seen)
+        for batch in original(stream):
+            seen += [hashlib.sha1(batch.data[a:b]).hexdigest() for a, b in zip(batch.offsets[:-1], batch.offsets[1:])]
+            yield batch
+
+    monkeypatch.setattr(crops.StreamBatches, "__iter__", recording)
+    train_segments = set(demo.table.loc[demo.table["split"] == "train", "segment_id"])
+    expected = sorted(hashlib.sha1(crop).hexdigest() for path in demo.faces.values()
+                      for segment, found, crop in pq.read_table(path, columns=["segment_id", "face_found", "crop"])
+                      .to_pandas().itertuples(index=False) if found and crop is not None and segment in train_segments)
+    assert len(expected) == 88
+    runs = []
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        epochs.clear()
+        config = {**make_config(tmp_path, epochs=3, augment=True, num_workers=1), "seed": seed}  # one MLflow store
+        result = train(demo, tmp_path / name, config)
+        assert result["epochs_run"] == 3 and len(epochs) == 3
+        assert all(sorted(epoch) == expected for epoch in epochs)  # every train crop, once an epoch
+        assert len({tuple(epoch) for epoch in epochs}) == 3  # a new order every epoch
+        runs.append([list(epoch) for epoch in epochs])
+    assert runs[0] == runs[1] and runs[0] != runs[2]
 
 
 # Resume and tracking outages, on the smallest real training that shows them: timm's test_resnet at 32 px on the

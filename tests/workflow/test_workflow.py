@@ -16,8 +16,15 @@ import torch
 import yaml
 
 from conftest import DEMO, REPO, SMALL, run_snakemake, write_config
+from ferseq.faces.batch_plan import batch_name
 
 DATA_OUTPUTS = ["results/data/segments.parquet", "results/data/splits.parquet", "results/data/split_summary.csv"]
+
+
+def demo_batch() -> str:
+    """The name of the demo's one faces batch: the batch of its first video id (the file name without suffix)."""
+    first = sorted(Path(video).stem for video in pd.read_csv(DEMO / "annotations.csv")["video"])[0]
+    return batch_name(first)
 
 
 def test_demo_dag_from_raw_videos_to_summary_then_nothing_to_do(demo_run, tmp_path):
@@ -81,8 +88,10 @@ def test_demo_dag_from_raw_videos_to_summary_then_nothing_to_do(demo_run, tmp_pa
     scores = table[table["kind"] == "score"]
     assert len(scores) == 5 * 2 * 3  # five methods, at their own level and per segment, UAR, WAR and macro F1
     assert (scores["ci_low"] <= scores["value"]).all() and (scores["value"] <= scores["ci_high"]).all()
-    per_person = pd.read_csv(results / "evaluation/per_person.csv")  # the split's unit here: a test segment
-    assert len(per_person) == test_windows["segment_id"].nunique() and "cnn_lstm_segment_uar" in per_person
+    # One row per resampled unit: a test person, though the demo splits by segment.
+    per_person = pd.read_csv(results / "evaluation/per_person.csv")
+    tested = pd.read_parquet(results / "folds/0/evaluation/predictions.parquet", columns=["subject"])
+    assert len(per_person) == tested["subject"].nunique() and "cnn_lstm_segment_uar" in per_person
 
     # MLflow: every training and evaluation step has its tagged run in the local store.
     mlflow.set_tracking_uri(f"sqlite:///{results}/mlflow.db")
@@ -116,7 +125,7 @@ def test_windows_features_and_normalise_retrain_the_grid_only(demo_run, tmp_path
     rerun = run_snakemake(tmp_path, "--configfile", str(both), "--cores", "2")
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     ran = rerun.stdout + rerun.stderr
-    for upstream in ("faces_b", "frame_model", "landmark_baseline", "features", "windows"):
+    for upstream in (f"faces_{demo_batch()}", "frame_model", "landmark_baseline", "features", "windows"):
         assert f"rule {upstream}" not in ran, upstream
     assert "rule sequence_model:" in ran and "rule evaluate:" in ran
     best = json.loads((results / "folds/0/sequence_model/best.json").read_text())
@@ -164,8 +173,8 @@ def test_grid_expands_to_one_job_per_architecture_hidden_size_and_fold(tmp_path,
     assert int(jobs["sequence_model"]) == 6 * folds  # 3 architectures x 2 hidden, each job 2 lr x 2 dropout points
     assert int(jobs["select_sequence_model"]) == int(jobs["frame_model"]) == int(jobs["evaluate"]) == folds
     assert int(jobs["features"]) == folds
-    # The demo's three videos (599 frames) are one faces batch, whatever the folds.
-    assert [rule for rule in jobs if rule.startswith("faces_")] == ["faces_b54cc7bd6ed", "faces_qc"]
+    # The demo's three videos (599 frames) are one faces batch, whatever the folds, named by its first video.
+    assert [rule for rule in jobs if rule.startswith("faces_")] == [f"faces_{demo_batch()}", "faces_qc"]
     for arch, name in [("lstm2", "lr0.001_h32_d0.6"), ("bilstm", "lr0.01_h16_d0.4")]:
         assert f"results/folds/0/sequence_model/{arch}/{name}.pt" in done.stdout
 

@@ -15,6 +15,23 @@ UNIT_NOUNS = {"subject": "people", "video": "videos", "segment": "segments"}
 METRICS = (("uar", "UAR"), ("war", "WAR"), ("macro_f1", "macro F1"))
 ARCH_NAMES = {"lstm": "LSTM", "lstm2": "two-layer LSTM", "bilstm": "bidirectional LSTM", "gru": "GRU",
               "transformer": "temporal transformer"}
+# The terms of the third-party models a bundle contains or needs (docs/licences.md lists them all).
+LANDMARK_TERMS = (
+    "dlib's 68-point shape predictor (`shape_predictor_68_face_landmarks.dat`: landmarks, tracking and alignment; "
+    "the bundle's copy if `faces.landmarks_model` names one, else the face-recognition-models package's): released "
+    "by dlib's author into the public domain, but trained on the iBUG 300-W dataset, whose licence excludes "
+    "commercial use; at the dataset creators' request the model is not to be used in a commercial product. "
+    "**This bundle is therefore for non-commercial use** unless that model is replaced by one whose terms allow "
+    "your use.")
+DETECTOR_TERMS = {
+    "hog": "dlib's HOG frontal face detector, built into dlib (Boost Software License 1.0).",
+    "mmod": "dlib's MMOD CNN face detector (`mmod_human_face_detector.dat`), released by dlib's author into the "
+            "public domain.",
+    "opencv_dnn": "OpenCV's ResNet-10 SSD face detector (`res10_300x300_ssd_iter_140000.caffemodel`, "
+                  "`deploy.prototxt`), distributed with OpenCV's samples under OpenCV's licence (Apache 2.0 from "
+                  "OpenCV 4.5, 3-clause BSD before); OpenCV does not document its training data.",
+    "none": "no face detector (each frame is taken as the face).",
+}
 FEATURE_NAMES = {"embedding": "the frame CNN's 512-d embeddings", "landmarks": "the 68 pose-normalised landmarks",
                  "both": "the frame CNN's embeddings and the 68 pose-normalised landmarks"}
 
@@ -61,6 +78,10 @@ def render(manifest: dict[str, Any]) -> str:
         "## Known limits",
         "",
         *_limits(manifest, frame),
+        "",
+        "## Licences and terms",
+        "",
+        *terms(manifest),
         "",
     ]
     return "\n".join(lines)
@@ -171,4 +192,31 @@ def _limits(manifest: dict[str, Any], frame: dict) -> list[str]:
                      "video or one with a single expression shifts its inputs.")
     lines.append(f"- It knows {len(manifest['classes'])} classes only, and faces found by the `faces` settings above; "
                  "a frame without a face gets no CNN probabilities.")
+    return lines
+
+
+def terms(manifest: dict[str, Any]) -> list[str]:
+    """The licences and terms of the third-party models the bundle contains or needs, and of its training data."""
+    detector = (manifest.get("faces") or {}).get("detector")
+    config = manifest.get("config") or {}
+    frame = config.get("frame_model") or {}
+    backbone = frame.get("backbone") or manifest["models"]["frame_model"].get("backbone", "?")
+    pretrained = frame.get("pretrained") if config else None
+    lines = ["ferseq itself is MIT-licensed; the models below keep their own terms, and the model is bound by the "
+             "terms of the data it was trained on.", "",
+             f"- Landmarks: {LANDMARK_TERMS}",
+             f"- Face detector: {DETECTOR_TERMS.get(detector, f'`{detector}`: terms not recorded by ferseq.')}"]
+    if pretrained is True:
+        lines.append(f"- Frame CNN: `{backbone}` started from timm's ImageNet weights. timm's code is Apache 2.0; "
+                     "the weights carry the terms of their source and of ImageNet, whose terms of access allow "
+                     "non-commercial research and educational use.")
+    elif pretrained is False:
+        lines.append(f"- Frame CNN: `{backbone}` trained from random weights: no third-party weights.")
+    elif pretrained:
+        lines.append(f"- Frame CNN: `{backbone}` started from the checkpoint `{pretrained}`: its terms apply.")
+    else:
+        lines.append(f"- Frame CNN: `{backbone}`; whether it started from ImageNet weights is not recorded (an "
+                     "older run), so their terms may apply.")
+    lines.append("- Training data: the videos and annotations of the run it was exported from (see Data above): "
+                 "their licence or agreement binds this model and its use.")
     return lines

@@ -271,6 +271,20 @@ def window_probs(per_frame: dict[str, np.ndarray], face_frames: np.ndarray, n_fr
     return out
 
 
+def held_windows(has_window: np.ndarray, face_frames: np.ndarray, n_frames: int, stride: int,
+                 policy: str) -> np.ndarray:
+    """For each frame, the frame whose window stands for it (-1: none): the window ending there, or with ``stride``
+    > 1 the last window ending at most ``stride - 1`` sequence positions before it (positions as in
+    :func:`window_probs`: every frame with ``repeat``, the face frames with ``drop``)."""
+    held = np.where(has_window, np.arange(n_frames), -1)
+    if stride == 1:
+        return held
+    _, frames = windows.segment_frames(0, n_frames, face_frames, policy)
+    for i in np.flatnonzero(has_window[frames]):
+        held[frames[i:i + stride]] = frames[i]
+    return held
+
+
 def segments_of(labels: np.ndarray, classes: list[str], min_length: int) -> list[tuple[str, int, int]]:
     """``(label, start_frame, end_frame)`` runs of one predicted class (index, -1 = none), half-open.
 
@@ -356,6 +370,7 @@ def predict_video(video: Path, bundle: Bundle, out_dir: Path, *, stride: int = 1
                         stride, cfg["missing_face"], sequence, bundle.features)
     has_window = ~np.isnan(lstm[:, 0])
     lstm_label = np.where(has_window, np.nan_to_num(lstm, nan=-1).argmax(axis=1), -1)
+    shown = held_windows(has_window, face_frames, n, stride, cfg["missing_face"])
     frame_table = pd.DataFrame({
         "frame": np.arange(n, dtype=np.int32),
         "time": np.arange(n) / info.fps if info.fps > 0 else np.nan,
@@ -368,7 +383,9 @@ def predict_video(video: Path, bundle: Bundle, out_dir: Path, *, stride: int = 1
         **{f"cnn_{c}": cnn[:, i] for i, c in enumerate(classes)},
         **{f"cnn_lstm_{c}": lstm[:, i] for i, c in enumerate(classes)},
     })
-    segments = segments_of(lstm_label, classes, min_segment)
+    # With --stride, each window's label stands for the frames up to the next window, so that segments are as
+    # long as without it (not one-frame runs, which --min-segment would drop).
+    segments = segments_of(np.where(shown >= 0, lstm_label[shown], -1), classes, min_segment)
     out_dir.mkdir(parents=True, exist_ok=True)
     outputs = [out_dir / f"{name}.parquet", out_dir / f"{name}.csv", out_dir / f"{name}.png"]
     with atomic_path(outputs[0]) as tmp:
@@ -377,7 +394,7 @@ def predict_video(video: Path, bundle: Bundle, out_dir: Path, *, stride: int = 1
         pd.DataFrame([{"video": video.name, "subject": name, "label": label, "start_frame": s, "end_frame": e}
                       for label, s, e in segments],
                      columns=["video", "subject", "label", "start_frame", "end_frame"]).to_csv(tmp, index=False)
-    plot_timeline(frame_table, classes, segments, info.fps, f"{name}: {bundle.source}", outputs[2])
+    plot_timeline(frame_table, classes, segments, info.fps, f"{name}: {bundle.source}", outputs[2], shown)
     if annotate:
         outputs.append(out_dir / f"{name}.annotated.mp4")
         annotate_video(video, frame_table, info.fps, outputs[-1])
@@ -391,8 +408,12 @@ def predict_video(video: Path, bundle: Bundle, out_dir: Path, *, stride: int = 1
 
 
 def plot_timeline(frame_table: pd.DataFrame, classes: list[str], segments: list[tuple[str, int, int]], fps: float,
-                  title: str, out_png: Path) -> None:
-    """Per-class probabilities over time (CNN above, CNN-LSTM below), predicted segments as bands, no-face spans grey."""
+                  title: str, out_png: Path, held: np.ndarray | None = None) -> None:
+    """Per-class probabilities over time (CNN above, CNN-LSTM below), predicted segments as bands, no-face spans grey.
+
+    ``held`` (:func:`held_windows`): the frame whose window each frame shows, so that with ``--stride`` the
+    CNN-LSTM lines run on between windows instead of being isolated points, which a line plot does not draw.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -409,7 +430,10 @@ def plot_timeline(frame_table: pd.DataFrame, classes: list[str], segments: list[
         for s, e in _runs(no_face):
             ax.axvspan(t[s], t[e - 1] + step, color="0.6", alpha=0.5, lw=0)
         for c in classes:
-            ax.plot(t, frame_table[f"{prefix}{c}"], color=colours[c], lw=1.2, label=c)
+            values = frame_table[f"{prefix}{c}"].to_numpy(float)
+            if prefix == "cnn_lstm_" and held is not None:
+                values = np.where(held >= 0, values[np.maximum(held, 0)], np.nan)
+            ax.plot(t, values, color=colours[c], lw=1.2, label=c)
         ax.set(ylim=(0, 1), ylabel="probability", title=name)
     axes[0].legend(loc="upper right", ncols=len(classes), fontsize=8)
     axes[1].set_xlabel("seconds" if fps > 0 else "frame")

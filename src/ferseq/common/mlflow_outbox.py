@@ -51,6 +51,9 @@ STATE_SUFFIX = ".state.json"
 FIRST_BACKOFF = 2.0  # seconds before the first retry; doubles on each failure
 MAX_BACKOFF = 60.0
 PROBE_TIMEOUT = 3.0  # the health check of an http(s) server before anything is sent
+# How long `ferseq mlflow sync` waits for a journal that another process (its job's sender thread, another
+# sync) is sending at that moment, before it reports it as such: one try holds it for a few seconds.
+LOCK_WAIT = 30.0
 # MLflow's own HTTP retries (7, backoff factor 2) hung a job for 8.5 minutes: one try per call here,
 # the journal and the backoff above do the retrying. A user's own setting wins.
 MLFLOW_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
@@ -202,27 +205,44 @@ class Journal:
             pass
 
     @contextmanager
-    def _locked(self) -> Iterator[bool]:
-        """Whether this process may send now: not while another (``ferseq mlflow sync``, the job) is sending."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_name(self.path.name + ".lock"), "w") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
+    def _locked(self, wait: float = 0.0) -> Iterator[bool | None]:
+        """Whether this process may send now: not while another (``ferseq mlflow sync``, the job's sender
+        thread) is sending; that one is waited for up to ``wait`` seconds. None when the journal is gone
+        (sent and removed by another): its folder is not made again for a lock file."""
+        if not self.path.is_file():
+            yield None
+            return
+        try:
+            lock = open(self.path.with_name(self.path.name + ".lock"), "w")
+        except FileNotFoundError:  # the folder went with the journal's removal just now
+            yield None
+            return
+        deadline = time.monotonic() + wait
+        with lock:
+            while True:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        yield False
+                        return
+                    time.sleep(0.1)
             try:
                 yield True
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def send(self, probe: bool = True) -> bool | None:
+    def send(self, probe: bool = True, lock_wait: float = 0.0) -> bool | None:
         """Send the pending calls, in order: True when they were sent, None when there were none (the store was
-        not asked), False when another process is sending them. Raises :class:`Unreachable`.
+        not asked), False when another process is sending them (waited for up to ``lock_wait`` seconds).
+        Raises :class:`Unreachable`.
 
         ``probe``: check an http(s) server's health first (a few seconds at most), rather than wait for
         MLflow's own timeouts."""
-        with self._locked() as mine:
+        with self._locked(lock_wait) as mine:
+            if mine is None:
+                return None
             if not mine:
                 return False
             ops, state = self.ops(), self.state()
@@ -366,6 +386,7 @@ class RunLog:
         self.uri = journal.ops()[0]["tracking_uri"]
         self._ended = False
         self._run_id: str | None = None
+        self.last_error: str | None = None  # why the last try did not deliver (the store's error, or a lock)
         self._steps: dict[str, int] = {}  # the last step logged per metric (read from the journal once)
 
     @classmethod
@@ -476,11 +497,13 @@ class RunLog:
         self.journal.append(op)
         _sender().add(self)
 
-    def send(self, wait: float = 0.0, eager: bool = False) -> bool:
+    def send(self, wait: float = 0.0, eager: bool = False, lock_wait: float = 0.0) -> bool:
         """Send what is pending, in this thread, if the server may be tried now (retrying every few seconds
         until ``wait`` seconds have passed); True when nothing is left. Never raises for an unreachable
-        server. ``eager``: someone waits for the result, so a failed try is repeated within seconds rather
-        than after the growing backoff. (Training loops never call this: their calls go through a thread.)"""
+        server; :attr:`last_error` then says why not. ``eager``: someone waits for the result, so a failed
+        try is repeated within seconds rather than after the growing backoff. ``lock_wait``: how long to wait
+        for another process that is sending this journal at the moment. (Training loops never call this:
+        their calls go through a thread.)"""
         eager = eager or wait > 0
         deadline = time.monotonic() + wait
         server = _server(self.uri)
@@ -488,11 +511,18 @@ class RunLog:
             now = time.monotonic()
             if now >= server.retry_at:
                 try:
-                    done = self.journal.send(probe=not server.answered or server.down_since is not None)
+                    done = self.journal.send(probe=not server.answered or server.down_since is not None,
+                                             lock_wait=lock_wait)
                     self.run_id  # noqa: B018 - cached while the state file is there
-                    if not done:  # nothing to send (None), or another process sends it (False): the store was not asked
-                        return done is None
+                    if done is False:  # another process sends it: the store was not asked
+                        self.last_error = ("another process is sending this journal at the moment (its job's "
+                                           "sender thread, or another `ferseq mlflow sync`)")
+                        return False
+                    if done is None:  # nothing to send: the store was not asked
+                        self.last_error = None
+                        return True
                 except Unreachable as err:
+                    self.last_error = str(err)
                     if server.down_since is None:
                         server.down_since = now
                         log.warning("MLflow: %s does not answer (%s); training goes on, its runs are kept in %s and "
@@ -506,6 +536,7 @@ class RunLog:
                                  now - server.down_since)
                     server.retry_at, server.backoff, server.down_since, server.answered = 0.0, FIRST_BACKOFF, None, True
                     server.give_up_at = None
+                    self.last_error = None
                     return done
             if now >= deadline:
                 return False
@@ -541,6 +572,11 @@ class _Sender:
     def __init__(self):
         self.runs: list[RunLog] = []
         self.finishing = 0  # runs whose end is waiting: retry every few seconds, not on the training backoff
+        # Rounds over the runs, started and completed: a run's end waits for at least one round that began
+        # after its end was written, so that even a wait of 0 s tries the store once (and says why not).
+        self.rounds_started = 0
+        self.rounds_done = 0
+        self.round_wanted = 0
         self.changed = threading.Condition()
         self.thread = threading.Thread(target=self._loop, name="ferseq-mlflow-sender", daemon=True)
         self.thread.start()
@@ -552,16 +588,21 @@ class _Sender:
             self.changed.notify_all()
 
     def finish(self, run: RunLog, wait: float) -> bool:
-        """Wait (at most ``wait`` seconds) until everything of ``run`` is sent; whether it was."""
+        """Wait until everything of ``run`` is sent, at most ``wait`` seconds, but at least one round of
+        the sender that started now (one try, unless the server is in its backoff); whether it was sent."""
         deadline = time.monotonic() + wait
         with self.changed:
             self.finishing += 1
             if run not in self.runs:
                 self.runs.append(run)
+            tried = self.round_wanted = max(self.round_wanted, self.rounds_started + 1)
             self.changed.notify_all()
             try:
-                while run in self.runs and time.monotonic() < deadline:
-                    self.changed.wait(timeout=max(0.0, deadline - time.monotonic()))
+                while run in self.runs and self.thread.is_alive():
+                    left = deadline - time.monotonic()
+                    if self.rounds_done >= tried and left <= 0:
+                        break
+                    self.changed.wait(timeout=1.0 if self.rounds_done < tried else left)
                 return run not in self.runs or not run.journal.pending()
             finally:
                 self.finishing -= 1
@@ -572,6 +613,8 @@ class _Sender:
                 while not self.runs:
                     self.changed.wait()
                 runs, closing = list(self.runs), self.finishing > 0
+                self.rounds_started += 1
+                this_round = self.rounds_started
             done = []
             for run in runs:
                 try:
@@ -583,8 +626,10 @@ class _Sender:
                 for run in done:
                     if not run.journal.pending() and run in self.runs:
                         self.runs.remove(run)
+                self.rounds_done = this_round
                 self.changed.notify_all()
-                if self.runs and len(done) < len(runs):  # something is waiting for the server: back off
+                # something is waiting for the server: back off, unless a run's end waits for another round
+                if self.runs and len(done) < len(runs) and self.round_wanted <= this_round:
                     retry = min(_server(r.uri).retry_at for r in self.runs) - time.monotonic()
                     self.changed.wait(timeout=max(0.05, retry))
 
@@ -638,7 +683,10 @@ def sync(folders: Iterable[str | Path], wait: float = 0.0, quiet: bool = False) 
 
     A journal whose run has ended and was sent in full is removed. One that is
     still being written (its job is running, its run not ended) is sent as far
-    as it goes and kept.
+    as it goes and kept. One that another process is sending at that moment
+    (its job's sender thread, another sync) is waited for, up to ``wait`` or
+    :data:`LOCK_WAIT` seconds, whichever is longer. What stays pending is named
+    in the log with the reason: the store's error, or the other process.
     """
     sent, pending = [], []
     for journal in journals(folders):
@@ -647,14 +695,19 @@ def sync(folders: Iterable[str | Path], wait: float = 0.0, quiet: bool = False) 
             continue
         run = RunLog(journal, ops[0].get("run_name", journal.path.stem))
         _server(run.uri).retry_at = 0.0  # asked for now: whatever this process tried before
-        done = run.send(wait, eager=True)
-        ended = any(op["op"] == "end" for op in ops)
+        # a journal that its job's sender is sending at this moment is waited for, then tried here
+        done = run.send(wait, eager=True, lock_wait=max(wait, LOCK_WAIT))
+        if done and not journal.path.is_file():  # sent in full and removed by its job meanwhile
+            sent.append(journal.path)
+            continue
+        ended = any(op["op"] == "end" for op in journal.ops())
         if done and ended:
             journal.remove()
             sent.append(journal.path)
         else:
             pending.append(journal.path)
             if not quiet:
+                why = f" ({run.last_error})" if run.last_error else ""
                 log.warning("MLflow: %s: %s", journal.path, "run still open (its job may be running)" if done else
-                            f"not delivered to {run.uri}: {describe(journal.pending())}")
+                            f"not delivered to {run.uri}{why}: {describe(journal.pending())}")
     return sent, pending

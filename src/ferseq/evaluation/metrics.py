@@ -44,11 +44,18 @@ def _mean_over_present(values: np.ndarray, present: np.ndarray) -> np.ndarray:
     return np.divide(total, count, out=np.full(total.shape, np.nan), where=count > 0)
 
 
-def scores(cm: np.ndarray) -> dict[str, np.ndarray]:
-    """``uar``, ``war`` and ``macro_f1`` (fractions) of confusion matrices ``(..., C, C)``; NaN without items."""
+def margins(cm: np.ndarray) -> np.ndarray:
+    """``(..., 3, C)``: the diagonal (items right), the row sums (support) and the column sums (predicted) of
+    confusion matrices ``(..., C, C)``: all that :func:`scores` needs. Linear in ``cm``, so the margins of a
+    pooled matrix are the sums of its parts' margins."""
     cm = np.asarray(cm, dtype=np.float64)
-    right = np.diagonal(cm, axis1=-2, axis2=-1)
-    support, predicted = cm.sum(axis=-1), cm.sum(axis=-2)
+    return np.stack([np.diagonal(cm, axis1=-2, axis2=-1), cm.sum(axis=-1), cm.sum(axis=-2)], axis=-2)
+
+
+def margin_scores(m: np.ndarray) -> dict[str, np.ndarray]:
+    """:func:`scores` from :func:`margins` ``(..., 3, C)``."""
+    m = np.asarray(m, dtype=np.float64)
+    right, support, predicted = m[..., 0, :], m[..., 1, :], m[..., 2, :]
     total = support.sum(axis=-1)
     present = support > 0
     recall = np.divide(right, support, out=np.zeros_like(right), where=present)
@@ -58,6 +65,11 @@ def scores(cm: np.ndarray) -> dict[str, np.ndarray]:
         "war": np.divide(right.sum(axis=-1), total, out=np.full(total.shape, np.nan), where=total > 0),
         "macro_f1": _mean_over_present(f1, present),
     }
+
+
+def scores(cm: np.ndarray) -> dict[str, np.ndarray]:
+    """``uar``, ``war`` and ``macro_f1`` (fractions) of confusion matrices ``(..., C, C)``; NaN without items."""
+    return margin_scores(margins(cm))
 
 
 def class_table(cm: np.ndarray, classes: list[str]) -> pd.DataFrame:

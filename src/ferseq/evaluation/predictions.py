@@ -16,16 +16,24 @@ window mean. Levels:
 - ``window``: the test windows of ``windows.length`` frames (the reference's
   items). Frame methods do not score windows.
 - ``frame``: each frame of those windows, once. Window methods do not score frames.
-- ``segment`` (a clip, for clip datasets): every test segment with a face. A
-  window method gives it the mean of its windows' probabilities, a frame method
-  the mean of its frames'. A segment shorter than one window is scored here
-  only, through the one window the windows stage padded by repeating its last
-  frame (``short_segment``).
+- ``segment`` (a clip, for clip datasets): every test segment of the fold's
+  split, none left out. A window method gives it the mean of its windows'
+  probabilities, a frame method the mean of its frames'. A segment shorter
+  than one window is scored here only, through the one window the windows
+  stage padded by repeating its last frame (``short_segment``). A segment
+  without any usable face frame has no window and no frame: every method gives
+  it the fold's training prior (the class frequencies of the training split's
+  segments), so it counts as right when its label is the most frequent
+  training class and as wrong otherwise, as a model that knows nothing about
+  the clip would score; ``face_missing`` marks its row. Published benchmark
+  numbers score every clip of the test list, so dropping such clips would
+  score an easier test set.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -36,6 +44,8 @@ import pyarrow.parquet as pq
 
 from ferseq.common.outputs import atomic_path
 from ferseq.sequences import windows
+
+log = logging.getLogger(__name__)
 
 LEVELS = ("frame", "window", "segment")
 FRAME_METHODS = ("per_frame", "landmarks")
@@ -52,7 +62,9 @@ FINETUNED = ("cnn_lstm_finetuned", "CNN-LSTM fine-tuned")
 FRAME_READS = {"per_frame": "frame CNN", "aggregation": "frame CNN", "landmarks": "landmarks",
                "landmarks_aggregation": "landmarks", FINETUNED[0]: "face crops"}
 ID_COLUMNS = ["level", "fold", "unit", "subject", "video_id", "segment_id", "window_id", "frame", "label",
-              "short_segment"]
+              "short_segment", "face_missing"]
+#: The columns of a test segment without any face frame, given to :func:`build` (the splits table's).
+NO_FACE_COLUMNS = ["segment_id", "video_id", "subject", "label"]
 
 
 def sequence_method(features: str, family: str = "lstm") -> str:
@@ -145,21 +157,38 @@ def _categorical(values: pd.Series) -> pd.Categorical:
 
 
 def build(table: pd.DataFrame, frames: np.ndarray, frame_probs: dict[str, np.ndarray],
-          window_probs: dict[str, np.ndarray], fold: int, units: dict[int, str]) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+          window_probs: dict[str, np.ndarray], fold: int, units: dict[int, str],
+          no_face: pd.DataFrame | None = None,
+          prior: np.ndarray | None = None) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """The predictions of one fold's test windows at every level.
 
     ``table``: the test windows (segment_id, video_id, subject, label, padded,
     window_id); ``frames``: (W, L) frame number of each position;
     ``frame_probs``: frame method -> (W, L, C) per position; ``window_probs``:
     window method -> (W, C); ``units``: segment_id -> resampling unit.
+    ``no_face``: the fold's test segments without any face frame (so without a
+    window; :data:`NO_FACE_COLUMNS`), scored at segment level by every method
+    with ``prior`` ((C,) class probabilities: the training prior) and flagged
+    ``face_missing``.
     Returns the id table (:data:`ID_COLUMNS`) and method -> (N, C) probabilities
     with NaN rows where the method does not score the item's level.
     """
     n_windows, length = frames.shape
     num_classes = next(iter({**frame_probs, **window_probs}.values())).shape[-1]
+    no_face = pd.DataFrame(columns=NO_FACE_COLUMNS) if no_face is None else no_face[NO_FACE_COLUMNS]
+    n_missing = len(no_face)
+    if n_missing:
+        if prior is None or np.shape(prior) != (num_classes,):
+            raise ValueError(f"fold {fold}: {n_missing} test segment(s) without a face need the training prior "
+                             f"({num_classes} class probabilities), got {None if prior is None else np.shape(prior)}")
+        both = sorted(set(no_face["segment_id"]) & set(table["segment_id"]))[:5]
+        if both:
+            raise ValueError(f"fold {fold}: segment(s) {both} have test windows, so they are not without a face")
     padded = table["padded"].to_numpy(bool)
-    segment_ids = table["segment_id"].to_numpy(np.int64)
-    seg_keys, seg_of_window = np.unique(segment_ids, return_inverse=True)
+    # Every scored segment's id columns, the windows' rows first, then those of the segments without a face.
+    source = pd.concat([table[NO_FACE_COLUMNS], no_face], ignore_index=True) if n_missing else table[NO_FACE_COLUMNS]
+    segment_ids = source["segment_id"].to_numpy(np.int64)
+    seg_keys, seg_of_window = np.unique(segment_ids[:n_windows], return_inverse=True)
     first_window = np.unique(seg_of_window, return_index=True)[1]
 
     # Each (segment, frame) once: a padded window repeats its last frame.
@@ -170,14 +199,14 @@ def build(table: pd.DataFrame, frames: np.ndarray, frame_probs: dict[str, np.nda
     frame_pos = first_pos[~padded[pos_window[first_pos]]]  # frame level: the frames of full windows
 
     # Text columns as codes into their categories, so that picking 1.6 million frame rows stays cheap.
-    text = {"subject": _categorical(table["subject"]), "video_id": _categorical(table["video_id"]),
-            "label": _categorical(table["label"]), "unit": _categorical(table["segment_id"].map(units))}
-    if (text["unit"].codes < 0).any() or table["segment_id"].map(units).isna().any():
-        missing = sorted(set(table["segment_id"]) - set(units))[:5]
+    text = {"subject": _categorical(source["subject"]), "video_id": _categorical(source["video_id"]),
+            "label": _categorical(source["label"]), "unit": _categorical(source["segment_id"].map(units))}
+    if (text["unit"].codes < 0).any() or source["segment_id"].map(units).isna().any():
+        missing = sorted(set(source["segment_id"]) - set(units))[:5]
         raise ValueError(f"fold {fold}: test segment(s) {missing} have no unit in the splits table")
 
     def ids(level: str, rows: np.ndarray, frame: np.ndarray | None = None, window: np.ndarray | None = None,
-            short: np.ndarray | None = None) -> pd.DataFrame:
+            short: np.ndarray | None = None, face_missing: bool = False) -> pd.DataFrame:
         none = np.full(len(rows), -1, np.int64)
         columns = {name: pd.Categorical.from_codes(cat.codes[rows], cat.categories) for name, cat in text.items()}
         return pd.DataFrame({
@@ -186,6 +215,7 @@ def build(table: pd.DataFrame, frames: np.ndarray, frame_probs: dict[str, np.nda
             "segment_id": segment_ids[rows],
             "window_id": none if window is None else window, "frame": none if frame is None else frame,
             "short_segment": np.zeros(len(rows), bool) if short is None else short,
+            "face_missing": np.full(len(rows), face_missing, bool),
         })
 
     window_ids = table["window_id"].to_numpy(np.int64)
@@ -194,17 +224,41 @@ def build(table: pd.DataFrame, frames: np.ndarray, frame_probs: dict[str, np.nda
     np.logical_and.at(short, seg_of_window, padded)
     parts = [ids("frame", pos_window[frame_pos], pos_frame[frame_pos], window_ids[pos_window[frame_pos]]),
              ids("window", full, window=window_ids[full]),
-             ids("segment", first_window, short=short)]
+             ids("segment", first_window, short=short),
+             ids("segment", n_windows + np.arange(n_missing), face_missing=True)]
     counts = [len(frame_pos), len(full), len(seg_keys)]
+    # Every method gives a segment without a face the same prior: none of them saw anything of it.
+    guess = np.tile(np.asarray(prior if n_missing else np.zeros(num_classes), np.float32), (n_missing, 1))
     probs: dict[str, np.ndarray] = {}
     for name, values in frame_probs.items():
         flat = values.reshape(n_windows * length, num_classes)
         segment = _group_mean(flat[first_pos], seg_of_window[pos_window[first_pos]], len(seg_keys))
-        probs[name] = np.concatenate([flat[frame_pos], np.full((counts[1], num_classes), np.nan, np.float32), segment])
+        probs[name] = np.concatenate([flat[frame_pos], np.full((counts[1], num_classes), np.nan, np.float32), segment,
+                                      guess])
     for name, values in window_probs.items():
         segment = _group_mean(values, seg_of_window, len(seg_keys))
-        probs[name] = np.concatenate([np.full((counts[0], num_classes), np.nan, np.float32), values[full], segment])
+        probs[name] = np.concatenate([np.full((counts[0], num_classes), np.nan, np.float32), values[full], segment,
+                                      guess])
     return pd.concat(parts, ignore_index=True)[ID_COLUMNS], probs
+
+
+def training_prior(splits: pd.DataFrame, fold: int, classes: list[str]) -> np.ndarray:
+    """The class frequencies of ``fold``'s training segments (the splits table's rows with split ``train``),
+    in the order of ``classes``: what a model that sees nothing of a clip can best say about it."""
+    train = splits.loc[(splits["fold"] == fold) & (splits["split"] == "train"), "label"].astype(str)
+    codes = pd.Categorical(train, categories=classes).codes
+    if not len(codes) or (codes < 0).all():
+        raise ValueError(f"fold {fold}: no training segment of the classes {classes} in the splits table, so no "
+                         "training prior for its test segments without a face")
+    counts = np.bincount(codes[codes >= 0], minlength=len(classes)).astype(np.float64)
+    return (counts / counts.sum()).astype(np.float32)
+
+
+def no_face_segments(splits: pd.DataFrame, fold: int, scored: Iterable[int]) -> pd.DataFrame:
+    """``fold``'s test segments (splits table) that have no test window (``scored``: the windows' segment ids):
+    those without any usable face frame, with :data:`NO_FACE_COLUMNS`, by segment id."""
+    test = splits.loc[(splits["fold"] == fold) & (splits["split"] == "test")]
+    return test.loc[~test["segment_id"].isin(set(scored)), NO_FACE_COLUMNS].sort_values("segment_id")
 
 
 def write(path: str | Path, ids: pd.DataFrame, probs: dict[str, np.ndarray], classes: list[str],
@@ -231,6 +285,10 @@ def read(path: str | Path) -> tuple[pd.DataFrame, dict[str, np.ndarray], list[st
     if b"ferseq.methods" not in meta:
         raise ValueError(f"{path}: not a ferseq predictions file (no ferseq.methods in its metadata)")
     classes, names = json.loads(meta[b"ferseq.classes"]), json.loads(meta[b"ferseq.methods"])
+    absent = [name for name in ID_COLUMNS if name not in arrow.column_names]
+    if absent:
+        raise ValueError(f"{path}: written by an older ferseq (no column(s) {', '.join(absent)}); rerun the evaluate "
+                         "stage (snakemake --forcerun evaluate)")
     probs = {method: np.array(arrow.column(method).combine_chunks().flatten().to_numpy(zero_copy_only=False),
                               np.float32).reshape(arrow.num_rows, len(classes)) for method in names}
     ids = arrow.select(ID_COLUMNS).to_pandas()
@@ -282,8 +340,19 @@ def predict_fold(test_windows: str | Path, models: dict[str, str | Path], baseli
     if windows.FRAMES not in matrices or "padded" not in table:
         raise ValueError(f"{test_windows}: written by an older ferseq (no frames/padded columns); rerun the windows "
                          "stage (snakemake --forcerun windows)")
-    splits = pd.read_parquet(splits_path, columns=["fold", "segment_id", "unit"])
+    splits = pd.read_parquet(splits_path)
+    absent = [name for name in ("fold", "split", "unit", *NO_FACE_COLUMNS) if name not in splits]
+    if absent:
+        raise ValueError(f"{splits_path}: no column(s) {', '.join(absent)}; rerun the splits stage")
     units = dict(splits.loc[splits["fold"] == fold, ["segment_id", "unit"]].itertuples(index=False))
+    # The test segments without a window (no usable face frame) are scored too, by the training prior.
+    no_face = no_face_segments(splits, fold, table["segment_id"].unique())
+    prior = training_prior(splits, fold, classes) if len(no_face) else None
+    if len(no_face):
+        log.warning("fold %d: %d of %d test segment(s) have no face frame; every method scores them by the "
+                    "training prior (%s), flagged face_missing", fold, len(no_face),
+                    len(no_face) + table["segment_id"].nunique(),
+                    ", ".join(f"{c} {p:.3f}" for c, p in zip(classes, prior)))
     sequence_probs = {}
     for family, (model, checkpoint) in loaded.items():
         features = checkpoint.get("features", "embedding")
@@ -305,7 +374,7 @@ def predict_fold(test_windows: str | Path, models: dict[str, str | Path], baseli
     names = methods(features, list(models), finetuned is not None)
     window_probs["landmarks_aggregation"] = landmarks.mean(axis=1)
     ids, probs = build(table, matrices[windows.FRAMES], {"per_frame": cnn, "landmarks": landmarks},
-                       window_probs, fold, units)
+                       window_probs, fold, units, no_face, prior)
     write(out_path, ids, probs, classes, names)
     return ids, probs, names
 

@@ -44,8 +44,8 @@ from typing import Any
 CLIP_COST = 10
 
 # Seconds per frame-equivalent a job is granted on a cluster, by detector: about 10x what one core of the
-# development machine takes (README, Performance), for slower cores and larger frames.
-SECONDS_PER_FRAME = {"hog": 0.05, "opencv_dnn": 0.15, "mmod": 1.0}
+# development machine takes (docs/performance.md), for slower cores and larger frames.
+SECONDS_PER_FRAME = {"hog": 0.05, "opencv_dnn": 0.15, "mmod": 1.0, "none": 0.05}  # none: landmarks on every frame
 MINUTES_FIXED = 5  # start-up (Python, models) and a margin
 
 

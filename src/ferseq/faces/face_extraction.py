@@ -2,7 +2,8 @@
 
 :func:`extract_faces` decodes the video once, front to back, and streams:
 for each wanted frame it finds the face (:class:`~ferseq.faces.face_tracking.FaceTracker`:
-detect, then follow by landmarks), warps it to the canonical crop
+detect, then follow by landmarks; with ``faces.detector: none`` the whole frame is the
+face box of every frame, for pre-cropped corpora), warps it to the canonical crop
 (:mod:`ferseq.faces.alignment`) and appends a row to the Parquet file, written in row
 groups so that memory does not grow with the length of the video.
 
@@ -115,7 +116,9 @@ def landmark_model(cfg: dict[str, Any]) -> LandmarkModel:
 def make_tracker(cfg: dict[str, Any]) -> FaceTracker:
     """A :class:`FaceTracker` configured by the ``faces`` config."""
     cfg = {**DEFAULTS, **cfg}
-    return FaceTracker(make_detector(cfg), landmark_model(cfg), int(cfg["detect_every"]))
+    # detector none: the frame is the face box, so every frame gets its landmarks there (nothing to follow).
+    every = 1 if cfg["detector"] == "none" else int(cfg["detect_every"])
+    return FaceTracker(make_detector(cfg), landmark_model(cfg), every)
 
 
 def find_face(image: np.ndarray, cfg: dict[str, Any]) -> Face | None:

@@ -148,7 +148,7 @@ def finetune(faces: Mapping[str, str | Path], frame_model: str | Path, best_json
     windows_dir = Path(windows_dir)
     sequence_path = start_model(best_json)
 
-    # data: the windows' encoded crops in memory, decoded by loader workers or on the device
+    # data: where the windows' crops are (read as they go), decoded by loader workers or on the device
     train, val, test = (window_crops.read(windows_dir / f"{split}.parquet", faces, classes)
                         for split in ("train", "val", "test"))
     if len(train) == 0 or len(val) == 0:
@@ -164,8 +164,10 @@ def finetune(faces: Mapping[str, str | Path], frame_model: str | Path, best_json
     size = model.frame.input_size
     fused = {"fused": True} if dev.type == "cuda" else {}
     optimizer = torch.optim.Adam(model.param_groups(float(cfg["lr"]), float(cfg["backbone_lr"])), **fused)
+    # the windows' crops are read from the faces files as batches need them, in blocks of about this many crops
+    buffer = int(frame_settings(config)["shuffle_buffer"])
     train_batches = window_crops.batches(train, size, batch_size, dev, on_device=on_device, num_workers=num_workers,
-                                         generator=generator)
+                                         generator=generator, buffer=buffer)
     val_batches = window_crops.batches(val, size, batch_size, dev, on_device=on_device, num_workers=num_workers)
     log.info("fold %s: fine-tuning %s and %s on %d train and %d val windows of %d frames, batches of %d windows, "
              "device %s (%s decoding)", fold, frame_model, sequence_path, len(train), len(val), train.rows.shape[1],
@@ -174,7 +176,7 @@ def finetune(faces: Mapping[str, str | Path], frame_model: str | Path, best_json
     # the state of an interrupted attempt with the same inputs and settings, if any
     store = None
     if resume_dir is not None:
-        key = resume.fingerprint("finetune", fold, cfg, classes, seed, sorted((v, resume.stamp(p)) for v, p in faces.items()),
+        key = resume.fingerprint("finetune", fold, cfg, classes, seed, {"shuffle_buffer": buffer}, sorted((v, resume.stamp(p)) for v, p in faces.items()),
                                  resume.stamps([frame_model, sequence_path, *(windows_dir / f"{s}.parquet"
                                                                                for s in ("train", "val", "test"))]),
                                  dev.type, on_device)

@@ -20,7 +20,6 @@ import warnings
 from typing import Iterator, Sequence
 
 import numpy as np
-import pyarrow as pa
 import torch
 
 from ferseq.frame_model import crops as cpu_crops
@@ -43,14 +42,6 @@ def decode_on_device(decode: str | None, dev: torch.device) -> bool:
 def split(data: torch.Tensor, offsets: torch.Tensor | np.ndarray) -> list[torch.Tensor]:
     """The crops of :func:`ferseq.frame_model.crops.flat_bytes` output (as tensors) as a list of 1-D uint8 tensors (views)."""
     return list(torch.split(data, np.diff(np.asarray(offsets)).tolist()))
-
-
-def gather(data: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> list[torch.Tensor]:
-    """The crops ``rows`` of :func:`ferseq.frame_model.crops.flat_bytes` output as 1-D uint8 CPU tensors, copied into one
-    writable buffer (decode_jpeg reads tensors, and a tensor cannot wrap Arrow's read-only memory)."""
-    starts, ends = offsets[rows], offsets[rows + 1]
-    flat = np.concatenate([data[a:b] for a, b in zip(starts.tolist(), ends.tolist())]) if len(rows) else np.zeros(0, np.uint8)
-    return split(torch.from_numpy(flat), np.concatenate([[0], np.cumsum(ends - starts)]))
 
 
 def upload(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -199,16 +190,30 @@ def _shift_weights(size: int, shift: torch.Tensor, flip: torch.Tensor | None) ->
     return weights
 
 
-def augment_batch(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def seed_draws(seeds: Sequence[int] | np.ndarray) -> torch.Tensor:
+    """The four uniform draws of :func:`ferseq.frame_model.crops.augment` for each crop's own seed, (n, 4): what
+    it draws after ``torch.manual_seed(seed)``, so both paths augment a crop alike (and a resumed epoch, whose
+    earlier batches are never made, draws the same)."""
+    return torch.stack([torch.rand(4, generator=torch.Generator().manual_seed(int(seed))) for seed in seeds]) \
+        if len(seeds) else torch.zeros(0, 4)
+
+
+def augment_batch(images: torch.Tensor, generator: torch.Generator | None = None,
+                  draws: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`ferseq.frame_model.crops.augment` for a batch of uint8 images (n, 3, s, s) on any device: per image a
     horizontal flip (p = 0.5), a shift of up to ``SHIFT`` of the side in x and y, and a brightness factor
     in [1 - ``BRIGHTNESS``, 1 + ``BRIGHTNESS``].
 
-    The random numbers come from ``generator`` (a CPU generator: the same draws on every device), four
-    per image in crops.augment's order, so a seeded generator gives the same augmentations every run.
+    The random numbers are ``draws`` (n, 4), e.g. :func:`seed_draws`, or come from ``generator`` (a CPU generator:
+    the same draws on every device), four per image in crops.augment's order, so a seeded generator gives the
+    same augmentations every run.
     """
     n, _, size, _ = images.shape
-    draws = upload(torch.rand(n, 4, generator=generator), images.device)
+    if draws is None:
+        if generator is None:
+            raise ValueError("augment_batch needs a generator or the draws")
+        draws = torch.rand(n, 4, generator=generator)
+    draws = upload(draws, images.device)
     flip, shift_x, shift_y, scale = draws.unbind(1)
     max_shift = cpu_crops.SHIFT * size
     cols = _shift_weights(size, (2 * shift_x - 1) * max_shift, flip < 0.5)
@@ -221,42 +226,28 @@ def augment_batch(images: torch.Tensor, generator: torch.Generator) -> torch.Ten
 
 
 class DeviceBatches:
-    """Labelled encoded crops as batches (uint8 images (n, 3, size, size), labels (n,)) on ``device``.
+    """The batches of a :class:`ferseq.frame_model.crops.StreamBatches` (items: crops or windows of crops) as (uint8
+    images (*items, 3, size, size), labels) on ``device``, decoded there in the calling process.
 
-    What the DataLoader of :class:`ferseq.frame_model.crops.CropDataset` gives on the CPU path, decoded on the
-    device instead: each iteration decodes (and, with ``generator`` and ``augment``, shuffles and
-    augments) one batch in the calling process. On CUDA that overlaps the previous step, which is still
-    running on the GPU, so no worker processes are needed. ``generator`` (CPU) fixes the order and the
-    augmentations; without it the order is the crops' order.
+    What a DataLoader over the stream gives on the CPU path (:func:`ferseq.frame_model.crops.stream_loader`),
+    decoded on the device instead: the stream reads the row groups and gathers each batch's encoded crops; here
+    they are decoded in one call (nvJPEG on CUDA) and, with ``augment``, augmented from each item's seed
+    (:func:`seed_draws`: the same flip, shift and brightness as the worker path). On CUDA that overlaps the
+    previous step, which is still running on the GPU, so no worker processes are needed.
     """
 
-    def __init__(self, crops: pa.Array | pa.ChunkedArray, labels: np.ndarray, size: int, batch_size: int,
-                 device: torch.device | str, generator: torch.Generator | None = None, augment: bool = False,
-                 drop_last: bool = False):
-        if isinstance(crops, pa.ChunkedArray):
-            crops = crops.cast(pa.large_binary()).combine_chunks() if crops.num_chunks else pa.array([], pa.large_binary())
-        self._crops = crops.cast(pa.large_binary())  # keeps the memory of the views below alive
-        self.data, self.offsets = cpu_crops.flat_bytes(self._crops)
-        if len(self.offsets) - 1 != len(labels):
-            raise ValueError(f"{len(self.offsets) - 1} crops but {len(labels)} labels")
-        self.device = torch.device(device)
-        self.labels = torch.as_tensor(np.asarray(labels, np.int64)).to(self.device)
-        self.size, self.batch_size, self.generator = size, batch_size, generator
-        self.augment, self.drop_last = augment, drop_last
-        if augment and generator is None:
-            raise ValueError("augmentation needs a generator (its random numbers come from it)")
+    def __init__(self, stream: cpu_crops.StreamBatches, size: int, device: torch.device | str, augment: bool = False):
+        if augment and not stream.seeds:
+            raise ValueError("augmentation needs a stream with seeds (drawn from its generator)")
+        self.stream, self.size, self.device, self.augment = stream, size, torch.device(device), augment
 
     def __len__(self) -> int:
-        n = len(self.labels)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return len(self.stream)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = len(self.labels)
-        order = torch.randperm(n, generator=self.generator) if self.generator is not None else torch.arange(n)
-        on_device = upload(order, self.device)  # once an epoch: the labels are picked on the device
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
-            rows = order[start:start + self.batch_size]
-            images = decode_batch(gather(self.data, self.offsets, rows.numpy()), self.size, self.device)
+        for batch in self.stream:
+            images = decode_batch(split(torch.from_numpy(batch.data), batch.offsets), self.size, self.device)
             if self.augment:
-                images = augment_batch(images, self.generator)
-            yield images, self.labels[on_device[start:start + self.batch_size]]
+                images = augment_batch(images, draws=seed_draws(np.repeat(batch.seeds, len(images) // len(batch.seeds))))
+            yield (images.view(*batch.shape, 3, self.size, self.size),
+                   upload(torch.from_numpy(batch.labels), self.device))

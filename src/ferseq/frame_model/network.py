@@ -29,13 +29,13 @@ log = logging.getLogger(__name__)
 DEFAULTS: dict[str, Any] = {
     "backbone": "legacy_xception", "pretrained": True, "weights_dir": "results/weights", "input_size": 224, "fc": [1024, 512, 256],
     "embedding_layer": 1, "dropout": 0.5, "lr": 0.0001, "batch_size": 32, "epochs": 30, "patience": 5,
-    "frame_stride": 1, "augment": True, "num_workers": 2, "inference_batch_size": 64,
+    "frame_stride": 1, "augment": True, "num_workers": 2, "inference_batch_size": 64, "shuffle_buffer": 4096,
 }
 
 
 # The backbone's memory format, on every device. On an H200 (bf16) channels_last runs legacy_xception about
 # 2x as fast as the default layout; on the 2-core development CPU, at 96 px, the feature stage ran 1.8x as
-# fast with it and a train step 1.15-1.45x (medians of paired runs): see README, Performance.
+# fast with it and a train step 1.15-1.45x (medians of paired runs): see CHANGELOG.md, 0.1.0.
 MEMORY_FORMAT = torch.channels_last
 
 

@@ -11,7 +11,11 @@ epoch, and at the next batch when SIGTERM or SIGUSR1 asks it to stop
 continues from there and ends with the model an uninterrupted run gives. For
 that, an epoch's batches follow from the data-order generator alone: the
 order and each crop's augmentation seed are drawn from it when the epoch
-starts (:class:`EpochOrder`), whichever worker decodes the crop.
+starts (:class:`ferseq.frame_model.crops.StreamBatches`), whichever worker decodes the crop.
+
+Memory: the crops are streamed from the faces files (row groups in a shuffled
+order, shuffled within blocks of ``frame_model.shuffle_buffer`` crops); the job
+holds an index of a few bytes per crop, never the fold's crops.
 """
 
 from __future__ import annotations
@@ -26,16 +30,15 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 from sklearn.metrics import f1_score
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader
 
 from ferseq.common import mlflow_runs, model_files, resume
 from ferseq.common.errors import FerseqError
 from ferseq.common.outputs import atomic_path
-from ferseq.frame_model.crops import CropDataset, face_rows, loader
+from ferseq.frame_model.crops import CropSource, MemoryCrops, ParquetCrops, StreamBatches, index_face_rows, stream_loader
 from ferseq.frame_model.device_crops import DeviceBatches, decode_on_device
 from ferseq.frame_model.network import (
     FrameModel,
@@ -69,11 +72,12 @@ def class_weights(counts: np.ndarray, classes: Sequence[str]) -> torch.Tensor:
 
 
 def fold_frames(faces: Mapping[str, str | Path], segments_path: str | Path, splits_path: str | Path, fold: int,
-                classes: Sequence[str], stride: int = 1) -> dict[str, tuple[pa.ChunkedArray, np.ndarray]]:
-    """The encoded crops and class indices of the fold's train and val face frames.
+                classes: Sequence[str], stride: int = 1) -> dict[str, tuple[ParquetCrops, np.ndarray]]:
+    """Where the fold's train and val face crops are, and their class indices: split -> (crops, labels), the crops
+    read from the faces files as they are needed (:class:`ferseq.frame_model.crops.ParquetCrops`), never held.
 
     Every ``stride``-th face frame of each segment (in frame order) is kept.
-    ``faces``: video_id -> faces Parquet file. Returns split -> (crops, labels).
+    ``faces``: video_id -> faces Parquet file.
     """
     segments = pd.read_parquet(segments_path, columns=["segment_id", "video_id", "label"])
     splits = pd.read_parquet(splits_path, columns=["fold", "segment_id", "split"])
@@ -87,25 +91,20 @@ def fold_frames(faces: Mapping[str, str | Path], segments_path: str | Path, spli
     missing = sorted(set(wanted["video_id"]) - set(faces))
     if missing:
         raise FrameDataError(f"fold {fold}: no faces file given for videos {missing[:5]} ({len(missing)} in all)")
-    index = {name: i for i, name in enumerate(classes)}
+    rows = index_face_rows([faces[v] for v in sorted(set(wanted["video_id"]))], wanted["segment_id"])
+    # every stride-th face frame of each segment: the rank of each row among its segment's rows, in frame order
+    by_frame = np.lexsort((rows.frame, rows.segment_id))
+    sorted_segments = rows.segment_id[by_frame]
+    first = np.searchsorted(sorted_segments, sorted_segments, side="left")
+    keep = np.empty(len(rows), bool)
+    keep[by_frame] = (np.arange(len(rows)) - first) % stride == 0
     by_segment = wanted.set_index("segment_id")
-    parts: dict[str, list[tuple[pa.ChunkedArray, np.ndarray]]] = {"train": [], "val": []}
-    for video_id, mine in wanted.groupby("video_id", sort=True):
-        table = pq.read_table(faces[video_id], columns=["segment_id", "frame", "face_found", "crop"],
-                              filters=[("segment_id", "in", mine["segment_id"].tolist())])
-        table = face_rows(table).sort_by([("segment_id", "ascending"), ("frame", "ascending")])
-        keys = table.select(["segment_id"]).to_pandas()
-        keep = keys.groupby("segment_id").cumcount().to_numpy() % stride == 0
-        split = by_segment.loc[keys["segment_id"], "split"].to_numpy()
-        label = by_segment.loc[keys["segment_id"], "label"].map(index).to_numpy()
-        for name in parts:
-            rows = np.flatnonzero(keep & (split == name))
-            parts[name].append((table["crop"].take(rows), label[rows]))
+    split = by_segment["split"].reindex(rows.segment_id).to_numpy()
+    label = by_segment["label"].map({name: i for i, name in enumerate(classes)}).reindex(rows.segment_id).to_numpy()
     result = {}
-    for name, chunks in parts.items():
-        crops = [part for c, _ in chunks for part in c.cast(pa.large_binary()).chunks]
-        labels = np.concatenate([y for _, y in chunks]) if chunks else np.zeros(0, np.int64)
-        result[name] = (pa.chunked_array(crops, pa.large_binary()), labels.astype(np.int64))
+    for name in ("train", "val"):
+        mine = np.flatnonzero(keep & (split == name))
+        result[name] = (ParquetCrops(rows.take(mine)), label[mine].astype(np.int64))
     return result
 
 
@@ -129,66 +128,26 @@ def evaluate(model: FrameModel, batches: Iterable[tuple[torch.Tensor, torch.Tens
     return (loss_sum / weight_sum).item(), torch.cat(preds).cpu().numpy(), torch.cat(labels).cpu().numpy()
 
 
-class EpochOrder(Sampler):
-    """The train items of one epoch, ``(index, seed)``: a permutation and one augmentation seed per crop, both
-    drawn from ``generator`` when the epoch's first item is taken; the first ``skip`` items are left out once
-    (a resumed epoch, whose first batches were trained before the job stopped)."""
-
-    def __init__(self, n: int, generator: torch.Generator):
-        self.n, self.generator, self.skip = n, generator, 0
-
-    def __len__(self) -> int:
-        return self.n - self.skip
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        # a generator function: DataLoader calls iter() on its sampler more than once per epoch, drawing nothing
-        order = torch.randperm(self.n, generator=self.generator).tolist()
-        seeds = torch.randint(0, 2**62, (self.n,), generator=self.generator).tolist()
-        skip, self.skip = self.skip, 0
-        yield from zip(order[skip:], seeds[skip:])
-
-
-class SeededCrops(Dataset):
-    """:class:`ferseq.frame_model.crops.CropDataset` items by ``(index, seed)``: each crop augmented from its own seed, so an
-    epoch's augmentations depend neither on which worker decodes a crop nor on where the workers' random streams
-    were (a resumed job starts new workers)."""
-
-    def __init__(self, crops: CropDataset):
-        self.crops = crops
-
-    def __len__(self) -> int:
-        return len(self.crops)
-
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
-        index, seed = key
-        with torch.random.fork_rng(devices=[]):  # the CPU stream only: a main-process loader keeps dropout's
-            torch.random.default_generator.manual_seed(seed)
-            return self.crops[index]
-
-
-def frame_batches(crops: pa.ChunkedArray, labels: np.ndarray, cfg: Mapping[str, Any], dev: torch.device,
-                  generator: torch.Generator | None = None, on_device: bool = False) -> Any:
-    """The training loop's batches (uint8 images, labels) of encoded ``crops``: with ``generator``, train
-    batches (``batch_size``, shuffled, augmented if ``augment``), else val batches (``inference_batch_size``,
-    in order). ``on_device``: decoded in batches on ``dev`` (:class:`ferseq.frame_model.device_crops.DeviceBatches`),
-    else by OpenCV in ``num_workers`` DataLoader workers (:class:`ferseq.frame_model.crops.CropDataset`, in the order of
-    :class:`EpochOrder`). ``cfg``: the ``frame_model`` settings.
+def frame_batches(crops: CropSource | pa.Array | pa.ChunkedArray, labels: np.ndarray, cfg: Mapping[str, Any],
+                  dev: torch.device, generator: torch.Generator | None = None, on_device: bool = False) -> Any:
+    """The training loop's batches (uint8 images, labels) of encoded ``crops`` (a source that reads them as they go,
+    e.g. :func:`fold_frames`' crops, or an Arrow array in memory): with ``generator``, train batches (``batch_size``,
+    a new order every epoch, augmented if ``augment``, :class:`ferseq.frame_model.crops.StreamBatches`), else val
+    batches (``inference_batch_size``, in order). ``on_device``: decoded in batches on ``dev``
+    (:class:`ferseq.frame_model.device_crops.DeviceBatches`), else by OpenCV in ``num_workers`` DataLoader workers.
+    ``cfg``: the ``frame_model`` settings.
     """
     size, train = int(cfg["input_size"]), generator is not None
     batch_size = int(cfg["batch_size"] if train else cfg["inference_batch_size"])
     augment = train and bool(cfg["augment"])
     # A last train batch of one image is dropped: BatchNorm cannot train on a single 1x1 feature map.
     drop_last = train and len(labels) % batch_size == 1
+    source = crops if hasattr(crops, "read") else MemoryCrops(crops)
+    stream = StreamBatches(source, np.arange(len(labels)), labels, batch_size, generator,
+                           int(cfg["shuffle_buffer"]), drop_last=drop_last, seeds=augment)
     if on_device:
-        return DeviceBatches(crops, labels, size, batch_size, dev, generator, augment=augment, drop_last=drop_last)
-    dataset = CropDataset(crops, labels, size, augment=augment)
-    # The DataLoader draws its workers' base seed from its own generator (else from torch's global one, which
-    # dropout uses): a fixed one, since the items carry their own seeds.
-    own = torch.Generator().manual_seed(0)
-    if not train:
-        return loader(dataset, int(cfg["num_workers"]), dev.type == "cuda", batch_size=batch_size, generator=own)
-    return loader(SeededCrops(dataset), int(cfg["num_workers"]), dev.type == "cuda", batch_size=batch_size,
-                  sampler=EpochOrder(len(labels), generator), drop_last=drop_last, generator=own)
+        return DeviceBatches(stream, size, dev, augment=augment)
+    return stream_loader(stream, size, augment, int(cfg["num_workers"]), dev.type == "cuda")
 
 
 def optimizer_for(model: FrameModel, lr: float, dev: torch.device) -> torch.optim.Adam:
@@ -218,10 +177,12 @@ class EpochProgress:
 
 
 def _from_batch(batches: Any, skip: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """An epoch's batches from batch ``skip`` on, the earlier ones drawn as the epoch drew them: left out of
-    the order (:class:`EpochOrder`), or decoded and dropped (the device path draws its augmentations per batch)."""
-    if skip and isinstance(batches, DataLoader) and isinstance(batches.sampler, EpochOrder):
-        batches.sampler.skip = skip * int(batches.batch_size)
+    """An epoch's batches from batch ``skip`` on: the earlier ones left out of the epoch's order unread
+    (:class:`ferseq.frame_model.crops.StreamBatches`, whose order and seeds are drawn whole when the epoch
+    starts), or, for other iterables, made and dropped."""
+    stream = batches.sampler if isinstance(batches, DataLoader) else getattr(batches, "stream", None)
+    if skip and isinstance(stream, StreamBatches):
+        stream.skip = skip
         return iter(batches)
     it = iter(batches)
     for _ in range(skip):
@@ -295,7 +256,7 @@ def train_frame_model(faces: Mapping[str, str | Path], segments_path: str | Path
     dev = default_device()
     epochs, patience = int(cfg["epochs"]), int(cfg["patience"])
 
-    # data: encoded crops in memory, decoded by the DataLoader workers or on the device
+    # data: where the crops are (read as they go), decoded by the DataLoader workers or on the device
     frames = fold_frames(faces, segments_path, splits_path, fold, classes, int(cfg["frame_stride"]))
     (train_crops, train_y), (val_crops, val_y) = frames["train"], frames["val"]
     if len(val_y) == 0:

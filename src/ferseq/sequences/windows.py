@@ -9,12 +9,15 @@ A window never crosses a segment boundary. ``windows.sampling`` says how:
   is scored once. A test segment shorter than one window still gets one
   window, padded at its end by repeating its last frame (``padded``), so that
   it is scored at segment level; train and val skip such segments.
-- ``uniform`` (the clip protocol of the dynamic-FER literature): ``length``
-  frames spread evenly over the whole segment, the middle frame of each of
-  ``length`` equal parts; one such window per test segment, and in train and
-  val ``windows.draws`` windows per segment with a random frame of each part
-  (seeded by ``seed`` and the segment). A segment shorter than ``length``
-  repeats frames (``padded``).
+- ``uniform`` (DFER-CLIP's sampling, with ``length`` 16): ``length`` frames
+  spread evenly over the whole segment, the middle frame of each of ``length``
+  equal parts (DFER-CLIP's test clip); one such window per test segment, and
+  in train and val ``windows.draws`` windows per segment with a random frame
+  of each part (seeded by ``seed`` and the segment), as DFER-CLIP draws its
+  training clips. A segment shorter than ``length`` repeats frames
+  (``padded``). Other published samplers differ: Former-DFER takes 8 parts
+  and 2 consecutive frames in each, MAE-DFER 16 frames at a stride of 4 and
+  averages 2 temporal x 2 spatial views at test; neither is implemented here.
 
 Frames without a face follow ``faces.missing_face``: ``drop`` skips them (the
 window is made of the face frames that remain, in order), ``repeat`` fills each
@@ -74,9 +77,10 @@ def padded_positions(n_frames: int, length: int) -> np.ndarray:
 def uniform_positions(n_frames: int, length: int, rng: np.random.Generator | None = None) -> np.ndarray:
     """``length`` positions spread over ``n_frames``: one in each of ``length`` equal parts.
 
-    Without ``rng``, the middle of each part (the test clip of the literature's
-    samplers); with it, a uniformly random position within each part (a
-    jittered training draw). Fewer frames than ``length`` repeat positions.
+    Without ``rng``, the middle of each part (DFER-CLIP's test clip, with
+    ``length`` 16); with it, a uniformly random position within each part (a
+    jittered training draw, as DFER-CLIP trains). Fewer frames than ``length``
+    repeat positions.
     """
     offsets = np.full(length, 0.5) if rng is None else rng.random(length)
     positions = np.floor((np.arange(length) + offsets) * n_frames / length).astype(np.int64)

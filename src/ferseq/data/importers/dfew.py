@@ -7,6 +7,12 @@ Layout below the dataset root (as the release unpacks)::
     Clip/clip_224x224/00001/ ...     one frame folder per clip (or Clip/jpg_256/, or --clips FOLDER;
                                      a video file 00001.mp4 there counts as the clip too)
 
+Copies of the release spell the split folders ``train(single_labeled)`` and
+``test(single_labeled)`` too: both spellings are read (:data:`PARTS`, the first
+found of each part), and a root with neither names every folder looked for.
+The five test files of the single-labelled protocol name 11,697 clips (of the
+16,372 clips in the corpus).
+
 ``video_name`` is the clip number (with or without its leading zeros), ``label``
 DFEW's code 1-7 (:data:`LABELS`; the reference code subtracts 1 from it). Fold
 k's test clips are those of ``test(single-labeled)/set_k.csv`` and its train file
@@ -34,7 +40,9 @@ from ferseq.data.importers.protocol import (
 
 FORMAT = "dfew"
 SPLITS = "EmoLabel_DataSplit"
-PARTS = {"train": "train(single-labeled)", "test": "test(single-labeled)"}
+#: The split folder of each part below EmoLabel_DataSplit/, in the spellings of the release's copies, tried in order.
+PARTS = {"train": ("train(single-labeled)", "train(single_labeled)"),
+         "test": ("test(single-labeled)", "test(single_labeled)")}
 FOLDS = (1, 2, 3, 4, 5)
 #: Where the release keeps the clips' frames, tried in this order (--clips names another).
 CLIP_FOLDERS = ("Clip/clip_224x224", "Clip/jpg_256")
@@ -45,25 +53,39 @@ HEADER = ("video_name", "label")
 _NUMBER = re.compile(r"^\d{1,5}$")
 
 
-def split_file(split: str, fold: int) -> str:
-    """The release's split file of one fold's train or test part, relative to the root."""
-    return f"{SPLITS}/{PARTS[split]}/set_{fold}.csv"
+def split_file(split: str, fold: int, part: str | None = None) -> str:
+    """The release's split file of one fold's train or test part, relative to the root (``part``: the part's
+    folder as found, by default its first spelling in :data:`PARTS`)."""
+    return f"{SPLITS}/{part or PARTS[split][0]}/set_{fold}.csv"
+
+
+def part_folders(root: Path) -> dict[str, str]:
+    """split -> the folder below EmoLabel_DataSplit/ that holds it, the first spelling of :data:`PARTS` found;
+    an error naming every folder looked for when a part has none."""
+    found = {split: next((name for name in names if (root / SPLITS / name).is_dir()), None)
+             for split, names in PARTS.items()}
+    if None in found.values():
+        looked = ", ".join(f"{SPLITS}/{name}/" for split, names in PARTS.items() if found[split] is None
+                           for name in names)
+        raise DatasetError(f"{FORMAT}: {root} has no {' or '.join(s for s, f in found.items() if f is None)} split "
+                           f"folder: looked for {looked} (each with set_1.csv ... set_5.csv)")
+    return found
 
 
 def scan(root: str | Path, clips: str | None = None) -> Scan:
     root = check_root(root, FORMAT)
-    if not (root / SPLITS).is_dir():
-        raise DatasetError(f"{FORMAT}: {root} has no {SPLITS}/ folder; expected {split_file('train', 1)} ... "
-                           f"{split_file('test', 5)} below the dataset root")
+    parts = part_folders(root)
     folder = clip_folder(root, FORMAT, clips, CLIP_FOLDERS)
     protocol = Protocol(FORMAT, FOLDS)
     for fold in FOLDS:
-        for split in PARTS:
-            _read(root, split_file(split, fold), fold, split, protocol)
+        for split, part in parts.items():
+            _read(root, split_file(split, fold, part), fold, split, protocol)
     protocol.check()
-    return folds_scan(root, folder, protocol, {split_file(s, f) for f in FOLDS for s in PARTS},
-                      f"{SPLITS}/*(single-labeled)/set_1..5.csv",
-                      f"not part of DFEW's single-labelled protocol ({SPLITS}/*/set_1..5.csv, {folder}/)")
+    spellings = {part[len(split):] for split, part in parts.items()}  # "(single-labeled)" or "(single_labeled)"
+    listing = (f"{SPLITS}/*{spellings.pop()}/set_1..5.csv" if len(spellings) == 1
+               else f"{SPLITS}/{parts['train']}/ and {parts['test']}/set_1..5.csv")
+    return folds_scan(root, folder, protocol, {split_file(s, f, p) for f in FOLDS for s, p in parts.items()},
+                      listing, f"not part of DFEW's single-labelled protocol ({SPLITS}/*/set_1..5.csv, {folder}/)")
 
 
 def load(root: str | Path, clips: str | None = None, count_frames: str = "decode", workers: int = 4):
