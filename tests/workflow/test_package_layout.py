@@ -75,9 +75,10 @@ def test_each_stage_is_a_rule_file_a_subpackage_and_a_test_folder():
     tests = {path.name for path in (REPO / "tests").iterdir() if path.is_dir() and not path.name.startswith((".", "_"))}
     assert packages == set(STAGES) - {"cli"}
     # Every stage of the workflow has its rule file, and every rule file is a stage; apply has no rule
-    # (ferseq predict / export), and the workflow's own tests (the DAG, profiles, SLURM) have their folder.
+    # (ferseq predict / export), the workflow's own tests (the DAG, profiles, SLURM) have their folder, and
+    # tests/fixtures holds the real clips and images the tests read (no stage of its own).
     assert rules == packages - {"apply"}
-    assert tests == packages | {"workflow"}
+    assert tests == packages | {"workflow", "fixtures"}
     for package in packages:
         docstring = ast.get_docstring(ast.parse((PACKAGE / package / "__init__.py").read_text()))
         assert docstring and len(docstring) > 80, f"ferseq.{package}: say what the stage turns into what"
