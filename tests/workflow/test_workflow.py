@@ -184,7 +184,8 @@ def test_lint_and_snakefmt_are_clean():
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Lints for" not in done.stdout + done.stderr
     # The catalogue's formatting of the Snakefile and the rule files.
-    files = [str(REPO / "Snakefile"), *map(str, sorted((REPO / "workflow" / "rules").glob("*.smk")))]
+    files = [str(REPO / "Snakefile"), str(REPO / "workflow" / "Snakefile"),
+             *map(str, sorted((REPO / "workflow" / "rules").glob("*.smk")))]
     formatted = subprocess.run([str(Path(sys.executable).with_name("snakefmt")), "--check", *files],
                                capture_output=True, text=True)
     assert formatted.returncode == 0, formatted.stdout + formatted.stderr

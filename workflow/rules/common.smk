@@ -1,6 +1,8 @@
 # Shared by every stage: config validation, the planned videos and folds, the final targets.
+import os
 from pathlib import Path
 
+import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 from snakemake.utils import validate
@@ -16,14 +18,18 @@ from ferseq.evaluation.predictions import methods as evaluation_methods
 from ferseq.sequence_model.grid_plan import families, grid, job_outputs, job_points
 from ferseq.sequences.windows import overlaps as windows_overlap
 
-SCHEMAS = Path(workflow.basedir) / "workflow" / "schemas"
+# The schemas of workflow/schemas, found through the workflow's source (also when it is used as a
+# module, from a checkout or a remote source); the annotation table's as its content, a parameter of
+# the data stage (a changed schema reruns it; the cached file's path changes with every run).
+CONFIG_SCHEMA = workflow.source_path("../schemas/config.schema.yaml")
+ANNOTATIONS_SCHEMA = yaml.safe_load(
+    Path(workflow.source_path("../schemas/annotations.schema.yaml")).read_text()
+)
 
 try:
     validate(config, "../schemas/config.schema.yaml")
 except WorkflowError:
-    raise WorkflowError(
-        ferseq.common.config.explain(config, SCHEMAS / "config.schema.yaml")
-    ) from None
+    raise WorkflowError(ferseq.common.config.explain(config, CONFIG_SCHEMA)) from None
 ferseq.common.config.check(config)
 
 # frame_model.pretrained: true is the reference (ImageNet weights). Checked once, in the
@@ -39,14 +45,14 @@ if config["frame_model"]["pretrained"] is True and workflow.is_main_process:
     logger.info(f"frame_model.pretrained: ImageNet weights from {_source}")
 
 
+# Checks of a run about to start on a cluster. (Snakemake runs the main Snakefile's onstart alone: used as
+# a module, these are skipped; nothing else depends on them.)
 onstart:
-    if FACES_PLAN:  # rewritten only where their content changed
-        ferseq.faces.batch_plan.write_plans(FACES_PLAN, FACES_PLANS)
     # Jobs on many nodes writing one sqlite file over a shared filesystem can corrupt it.
     if workflow.non_local_exec and ferseq.common.mlflow_runs.is_local_store(config):
         logger.warning(
             "mlflow.tracking_uri is a local sqlite store but jobs run on a cluster: "
-            "set it to an `mlflow server` URI (http://host:port, see README, 'Running on a cluster')"
+            "set it to an `mlflow server` URI (http://host:port, see docs/clusters.md)"
         )
     # A SLURM job bigger than every node of its partition would pend forever: refuse before submitting.
     if workflow.non_local_exec and (nodes := ferseq.common.cluster.cluster_nodes()):
@@ -75,9 +81,7 @@ def plan_faces():
             )
         return None
     try:
-        return ferseq.faces.batch_plan.plan_from_config(
-            config, SCHEMAS / "annotations.schema.yaml"
-        )
+        return ferseq.faces.batch_plan.plan_from_config(config, ANNOTATIONS_SCHEMA)
     except (
         ferseq.common.errors.FerseqError
     ) as err:  # a malformed table: its message, not a traceback
@@ -85,9 +89,10 @@ def plan_faces():
 
 
 FACES_PLAN = plan_faces()
-# Each batch's plan file: written when a run starts (onstart below: not on a dry run, under the
-# lock, by the process that plans the DAG), read by the batch job (faces.smk).
-FACES_PLANS = "results/faces/batches"
+# Each batch's plan by name, for rule faces_plan (faces.smk), which writes its file.
+FACES_BATCHES = (
+    {batch.name: batch for batch in FACES_PLAN.batches} if FACES_PLAN else {}
+)
 # The table as it was planned from: with data.import, a rerun of the import in this run changes it.
 _PLANNED_TABLE = (
     Path(config["data"]["annotations"]).stat().st_mtime_ns if FACES_PLAN else None
@@ -140,6 +145,27 @@ def faces_inputs(wildcards):
     producer of every input of every job (16,000 videos x 3 rules x 10 folds otherwise).
     """
     return faces_qc_tables(wildcards)
+
+
+def faces_files(wildcards, input):
+    """A params function: ``video_id -> faces file`` of every planned video, in the folder of the faces
+    stage's outputs as this job's inputs name them (``input.faces``: the batches' QC tables,
+    results/faces/batches/{batch}.qc.csv), so under a module's ``prefix`` too."""
+    faces_dir = Path(input.faces[0]).parent.parent
+    return {v: str(faces_dir / f"{v}.parquet") for v in videos()}
+
+
+def beside(name, *parts):
+    """A params function: the path ``parts`` (wildcards filled in) in the folder of the job's output ``name``
+    (its first file, if several). Snakemake puts a module's ``prefix`` before every output, not before
+    params: paths derived from outputs follow it."""
+
+    def path(wildcards, output):
+        first = output[name] if isinstance(output[name], str) else output[name][0]
+        parts_ = (part.format(**wildcards) for part in parts)
+        return os.path.normpath(Path(first).parent.joinpath(*parts_))
+
+    return path
 
 
 # holdout: [0]; kfold: 0..k-1; predefined: the folds of the annotation table's column (the table
@@ -212,5 +238,6 @@ def final_outputs(wildcards):
 
 wildcard_constraints:
     fold=r"\d+",
+    batch=r"b[0-9a-f]{10}",
     arch="|".join(config["sequence_model"]["architectures"]),
     hidden=r"\d+",

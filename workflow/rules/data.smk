@@ -1,5 +1,7 @@
 # Data: the annotation table (or a public dataset's own layout, with data.import) becomes the
-# validated segments and the splits of every fold.
+# validated segments and the splits of every fold. The user's files (data.*, split.file) are
+# local(): a module's prefix, which Snakemake puts before every other input and output, is not
+# put before them (they are where the config says, relative to the working directory).
 
 
 # Write data.annotations from a public dataset's own layout (config block data.import;
@@ -10,12 +12,12 @@ if config["data"].get("import"):
     checkpoint import_annotations:
         input:
             # The subjects table of the folders format, when one is given.
-            [config["data"]["import"]["subjects"]]
+            [local(config["data"]["import"]["subjects"])]
             if config["data"]["import"].get("subjects")
             else [],
         output:
-            annotations=config["data"]["annotations"],
-            skipped=config["data"]["annotations"] + ".skipped.csv",
+            annotations=local(config["data"]["annotations"]),
+            skipped=local(config["data"]["annotations"] + ".skipped.csv"),
         log:
             "results/logs/data/import_annotations.log",
         benchmark:
@@ -48,8 +50,7 @@ if config["data"].get("import"):
 
 rule segments:
     input:
-        annotations=config["data"]["annotations"],
-        schema=SCHEMAS / "annotations.schema.yaml",
+        annotations=local(config["data"]["annotations"]),
     output:
         segments="results/data/segments.parquet",
         videos="results/data/videos.parquet",
@@ -76,6 +77,7 @@ rule segments:
     params:
         videos=config["data"]["videos"],
         classes=config["classes"],
+        schema=ANNOTATIONS_SCHEMA,
         min_segment_frames=config["data"]["min_segment_frames"],
         max_segment_frames=config["data"]["max_segment_frames"],
         strict=config["data"]["strict"],
@@ -88,7 +90,7 @@ rule splits:
     input:
         segments="results/data/segments.parquet",
         # split.scheme predefined with split.file: the benchmark's folds, one line per video and fold.
-        protocol=[config["split"]["file"]] if config["split"].get("file") else [],
+        protocol=[local(config["split"]["file"])] if config["split"].get("file") else [],
     output:
         splits="results/data/splits.parquet",
         summary=report(

@@ -19,7 +19,7 @@ rule landmark_baseline:
         mem_mb=4000,
         runtime=60,
     params:
-        faces=lambda w: {v: f"results/faces/{v}.parquet" for v in videos()},
+        faces=faces_files,
     script:
         "../scripts/landmark_baseline.py"
 

@@ -5,15 +5,32 @@
 # per-video outputs, results/faces/{video}.parquet, which later stages read.
 
 
+# Each batch's plan file (its videos, their files' stamps and planned segments), written by a
+# local job. No input: the plan's digest is a parameter, so the job reruns exactly when its
+# batch's plan changes (and then its batch, which reads the file), whatever other videos or the
+# data stage do. A job rather than a start hook: Snakemake runs no hook of a module.
+rule faces_plan:
+    output:
+        "results/faces/batches/{batch}.plan.json",
+    log:
+        "results/logs/faces/{batch}.plan.log",
+    params:
+        digest=lambda w: FACES_PLAN.digest(FACES_BATCHES[w.batch]),
+    run:
+        ferseq.faces.batch_plan.write_plan(
+            FACES_PLAN, FACES_BATCHES[wildcards.batch], output[0]
+        )
+
+
 for _batch in FACES_PLAN.batches if FACES_PLAN else []:
 
-    # No input: the batch's plan (its videos, their files' stamps and segments) is a parameter,
-    # by its digest, so the batch reruns exactly when its plan or the faces settings change,
-    # whatever other videos do, and a dry run says so without writing anything. The plan itself
-    # is a file that the run's start writes (common.smk) and the job reads.
+    # The batch's plan file its only input (rule faces_plan), its digest a parameter: the batch
+    # reruns exactly when its plan or the faces settings change, whatever other videos do.
     rule:
         name:
             f"faces_{_batch.name}"
+        input:
+            plan=f"results/faces/batches/{_batch.name}.plan.json",
         output:
             faces=[f"results/faces/{video}.parquet" for video in _batch.videos],
             qc=f"results/faces/batches/{_batch.name}.qc.csv",
@@ -32,10 +49,9 @@ for _batch in FACES_PLAN.batches if FACES_PLAN else []:
             ),
         params:
             digest=FACES_PLAN.digest(_batch),
-            plan=ferseq.faces.batch_plan.plan_file(FACES_PLANS, _batch.name),
             faces=FACES_SETTINGS,
             videos_dir=config["data"]["videos"],
-            partial=f"results/faces/.partial/{_batch.name}",
+            partial=beside("qc", "..", ".partial", _batch.name),
         script:
             "../scripts/faces.py"
 
@@ -64,7 +80,7 @@ rule faces_qc:
         runtime=5,
     params:
         batches=[batch.name for batch in FACES_PLAN.batches] if FACES_PLAN else [],
-        plans=FACES_PLANS,
-        partial="results/faces/.partial",
+        plans=beside(0, "batches"),
+        partial=beside(0, ".partial"),
     script:
         "../scripts/faces_qc.py"

@@ -23,6 +23,6 @@ rule features:
         runtime=720,
         gpu=1,
     params:
-        faces=lambda w: {v: f"results/faces/{v}.parquet" for v in videos()},
+        faces=faces_files,
     script:
         "../scripts/features.py"

@@ -26,10 +26,10 @@ rule finetune:
         runtime=720,
         gpu=1,
     params:
-        faces=lambda w: {v: f"results/faces/{v}.parquet" for v in videos()},
+        faces=faces_files,
         # its settings (lr, backbone_lr, epochs, ...): a change reruns it (the job reads them from the config)
         settings=config["finetune"],
         # the training state between attempts (removed when the job succeeds)
-        resume="results/folds/{fold}/finetune/.resume",
+        resume=beside("model", ".resume"),
     script:
         "../scripts/finetune.py"

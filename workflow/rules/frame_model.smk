@@ -45,9 +45,9 @@ rule frame_model:
         runtime=720,
         gpu=1,
     params:
-        faces=lambda w: {v: f"results/faces/{v}.parquet" for v in videos()},
+        faces=faces_files,
         # the training state between attempts (a killed or timed-out job resumes from it); Snakemake
         # does not delete it on failure, the job removes it when it succeeds
-        resume="results/folds/{fold}/frame_model/.resume",
+        resume=beside("model", ".resume"),
     script:
         "../scripts/frame_model.py"

@@ -64,7 +64,7 @@ rule sequence_model:
         # each feature minus its person's median (windows.normalise: subject), or not
         normalise=config["windows"]["normalise"],
         # the job's training state between attempts (removed when it succeeds)
-        resume="results/folds/{fold}/sequence_model/{arch}/.resume/h{hidden}",
+        resume=beside("models", ".resume", "h{hidden}"),
     script:
         "../scripts/sequence_model.py"
 

@@ -4,7 +4,7 @@ from ferseq.faces import batch_job
 
 with logs.step(snakemake.log[0]):
     batch_job.run_batch(
-        snakemake.params.plan,
+        snakemake.input.plan,
         snakemake.params.videos_dir,
         # skip_faceless_videos from the config, not a parameter: turning it on after a failure
         # must not rerun the batches that succeeded (nor does data.strict, which the data stage applies).

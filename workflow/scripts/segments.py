@@ -7,7 +7,7 @@ with logs.step(snakemake.log[0]):
         annotations=snakemake.input.annotations,
         videos_dir=snakemake.params.videos,
         classes=snakemake.params.classes,
-        schema=snakemake.input.schema,
+        schema=snakemake.params.schema,
         out_segments=snakemake.output.segments,
         out_videos=snakemake.output.videos,
         out_dropped=snakemake.output.dropped,

@@ -232,7 +232,7 @@ class TablePlan:
     dropped: list[dict[str, Any]]
 
 
-def plan_table(annotations: str | Path, videos_dir: str | Path, classes: dict, schema: str | Path,
+def plan_table(annotations: str | Path, videos_dir: str | Path, classes: dict, schema: str | Path | dict,
                min_segment_frames: int = 8, max_segment_frames: int | None = None) -> TablePlan:
     """Validate the table by itself and plan its segments, ids included, without opening a video.
 
@@ -245,7 +245,9 @@ def plan_table(annotations: str | Path, videos_dir: str | Path, classes: dict, s
     annotations, videos_dir = Path(annotations), Path(videos_dir)
     table = read_table(annotations)
     fold_column, has_leak = protocol_columns(table, annotations)
-    validator = jsonschema.Draft202012Validator(yaml.safe_load(Path(schema).read_text()))
+    # the schema's file, or its content (the workflow passes the content: a rule parameter)
+    loaded = schema if isinstance(schema, dict) else yaml.safe_load(Path(schema).read_text())
+    validator = jsonschema.Draft202012Validator(loaded)
     records: dict[int, dict[str, Any]] = {}
     bad: list[Problem] = []
     for index, row in enumerate(table.to_dict("records")):
@@ -304,7 +306,7 @@ def load_segments(
     annotations: str | Path,
     videos_dir: str | Path,
     classes: dict,
-    schema: str | Path,
+    schema: str | Path | dict,
     min_segment_frames: int = 8,
     strict: bool = True,
     count_frames: str = "decode",
@@ -472,7 +474,7 @@ def write_segments(
     annotations: str | Path,
     videos_dir: str | Path,
     classes: dict,
-    schema: str | Path,
+    schema: str | Path | dict,
     out_segments: str | Path,
     out_videos: str | Path,
     out_dropped: str | Path,

@@ -57,8 +57,8 @@ def read_plan(path: str | Path, digest: str | None = None) -> tuple[str, dict[st
     (:meth:`ferseq.faces.batch_plan.FacesPlan.digest`), which the file must be."""
     path = Path(path)
     if not path.is_file():
-        raise FerseqError(f"{path}: this faces batch's plan is missing (Snakemake writes it when a run starts, "
-                          "unless --no-hooks is given): run the same command again without --no-hooks")
+        raise FerseqError(f"{path}: this faces batch's plan is missing (rule faces_plan writes it before the batch "
+                          "runs): run the same command again")
     text = path.read_text()
     if digest is not None and batch_plan.plan_digest(text) != digest:
         raise FerseqError(f"{path}: this faces batch's plan changed after this run planned it (another snakemake "

@@ -19,14 +19,14 @@ video, so its name, log and outputs stay put while the other batches change.
 
 :func:`plan_from_config` is the one place that plans them: from the config and
 the annotation table, read once per DAG build (:func:`ferseq.data.annotations.plan_videos`).
-:func:`write_plans` then writes each batch's plan file (its videos, their files'
-stamps and their planned segments), only when its content changed: the batch's
-rule names that file as its only input, so a batch reruns exactly when one of
-its videos or segments changes, and no other batch does. (The file is written
-when Snakemake starts rather than by a rule: a batch downstream of a job that
-reruns, such as the data stage whenever the table changes, would be rerun with
-it or, with an ``ancient()`` input, never be checked for its own changes.) No
-torch or OpenCV here: this runs in every Snakemake start.
+:func:`write_plan` then writes each batch's plan file (its videos, their files'
+stamps and their planned segments), only when its content changed, in rule
+``faces_plan``: a local job with no input and the plan's digest as a parameter,
+so it reruns exactly when its plan changes, and the batch that reads the file
+with it; no other batch does. (No input: a plan written downstream of a job
+that reruns, such as the data stage whenever the table changes, would rerun
+every batch with it.) No torch or OpenCV here: this runs in every Snakemake
+start.
 """
 
 from __future__ import annotations
@@ -150,28 +150,28 @@ def plan_file(folder: str | Path, batch: str) -> Path:
     return Path(folder) / f"{batch}.plan.json"
 
 
-def write_plans(plan: FacesPlan, folder: str | Path) -> int:
-    """Write each batch's plan file into ``folder`` where its content changed (atomically); return how many.
-
-    Called when a run starts (not on a dry run), under Snakemake's lock, by the process that plans the DAG; the
-    batch job checks that the file it reads is the plan of its DAG (:meth:`FacesPlan.digest`).
-    """
+def write_plan(plan: FacesPlan, batch: Batch, path: str | Path) -> bool:
+    """Write ``batch``'s plan file at ``path`` (atomically) unless it already holds that plan; return whether it
+    was written. Rule faces_plan calls it; the batch job checks that the file it reads is the plan of its DAG
+    (:meth:`FacesPlan.digest`)."""
     from ferseq.common.outputs import atomic_path
 
-    written = 0
-    for batch in plan.batches:
-        path = plan_file(folder, batch.name)
-        text = plan.text(batch)
-        if path.is_file() and path.read_text() == text:
-            continue
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            tmp.write_text(text)
-        written += 1
-    return written
+    path, text = Path(path), plan.text(batch)
+    if path.is_file() and path.read_text() == text:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return True
 
 
-def plan_from_config(config: dict[str, Any], schema: str | Path) -> FacesPlan:
+def write_plans(plan: FacesPlan, folder: str | Path) -> int:
+    """Write each batch's plan file into ``folder`` (:func:`plan_file`) where its content changed; return how
+    many."""
+    return sum(write_plan(plan, batch, plan_file(folder, batch.name)) for batch in plan.batches)
+
+
+def plan_from_config(config: dict[str, Any], schema: str | Path | dict) -> FacesPlan:
     """The videos and faces batches of a validated config, from its annotation table (``schema``: the table's)."""
     from ferseq.data.annotations import plan_table, plan_videos  # pandas: only where the plan is made
 
