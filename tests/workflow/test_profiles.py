@@ -41,17 +41,19 @@ def declared(rule) -> dict:
 
 def test_every_rule_declares_log_benchmark_threads_resources_and_env():
     rules, local = workflow_rules()
-    # pretrained_weights runs where Snakemake runs (it may download): declared like the others all the same.
-    assert "import_annotations" in rules and local == {"all", "pretrained_weights"}
+    # pretrained_weights runs where Snakemake runs (it may download), and faces_plan writes a faces batch's plan
+    # there: declared like the others all the same. `default` is the top-level Snakefile's target (rule all's).
+    assert "import_annotations" in rules and local == {"all", "default", "pretrained_weights", "faces_plan"}
     for name, rule in rules.items():
-        if name == "all":
+        if name in ("all", "default"):
             continue
         assert rule.log, f"rule {name} has no log"
         assert rule.benchmark, f"rule {name} has no benchmark"
         resources = declared(rule)
         assert {"mem_mb", "runtime"} <= set(resources), f"rule {name} lacks mem_mb or runtime: {set(resources)}"
         assert resources["_cores"] >= 1
-        assert rule.conda_env == "../../envs/ferseq.yaml", name
+        # faces_plan is a `run:` block, executed in Snakemake's own process, where no conda env applies
+        assert rule.conda_env == (None if name == "faces_plan" else "../../envs/ferseq.yaml"), name
         # Only the CNN rules ask for a GPU, and they always do.
         assert resources.get("gpu") == (1 if name in GPU_RULES else None), name
     assert rules["sequence_model"]._group == "sequence_grid_{fold}"  # a fold's grid jobs are batched on a cluster
@@ -111,9 +113,10 @@ def test_slurm_profile_dry_run_sizes_every_job(slurm_dry_run):
     jobs = slurm_dry_run
     rules, _ = workflow_rules({})
     absent = {"import_annotations", "pretrained_weights", "finetune"}  # finetune: off in the demo config
-    assert len(jobs) == 16 and {job["rule"] for job in jobs} == {"all"} | (set(rules) - absent)
+    # the target is the top-level Snakefile's `default` (rule all's inputs): `all` itself is no job
+    assert len(jobs) == 17 and {job["rule"] for job in jobs} == set(rules) - absent - {"all"}
     for job in jobs:
-        if job["rule"] == "all":
+        if job["rule"] == "default":
             continue
         res, rule = job["resources"], declared(rules[job["rule"]])
         # The rule's own figures reach the scheduler; threads become --cpus-per-task.

@@ -174,7 +174,7 @@ def test_grid_expands_to_one_job_per_architecture_hidden_size_and_fold(tmp_path,
     assert int(jobs["select_sequence_model"]) == int(jobs["frame_model"]) == int(jobs["evaluate"]) == folds
     assert int(jobs["features"]) == folds
     # The demo's three videos (599 frames) are one faces batch, whatever the folds, named by its first video.
-    assert [rule for rule in jobs if rule.startswith("faces_")] == [f"faces_{demo_batch()}", "faces_qc"]
+    assert [rule for rule in jobs if rule.startswith("faces_")] == ["faces_plan", f"faces_{demo_batch()}", "faces_qc"]
     for arch, name in [("lstm2", "lr0.001_h32_d0.6"), ("bilstm", "lr0.01_h16_d0.4")]:
         assert f"results/folds/0/sequence_model/{arch}/{name}.pt" in done.stdout
 

@@ -14,6 +14,13 @@ rule faces_plan:
         "results/faces/batches/{batch}.plan.json",
     log:
         "results/logs/faces/{batch}.plan.log",
+    benchmark:
+        "results/benchmarks/faces/{batch}.plan.tsv"
+    # A few lines of JSON, written in Snakemake's own process (a local `run:` job: no conda env).
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
     params:
         digest=lambda w: FACES_PLAN.digest(FACES_BATCHES[w.batch]),
     run:
