@@ -320,7 +320,7 @@ def test_summary_says_when_the_cnn_is_below_the_landmark_baseline(tmp_path):
     out = outputs(tmp_path)
     table = summary.summarize([tmp_path / "f0.parquet", tmp_path / "f1.parquet"], split_summary(tmp_path / "s.csv"), out)
     md = out["md"].read_text()
-    assert "below the landmark baseline on 1 of 2 folds" in md and "frame_model.pretrained" in md
+    assert "below the landmark baseline on 1 of 2 folds" in md and "frame_model.init" in md
     assert set(table["cnn_below_landmarks_folds"]) == {1}
 
 

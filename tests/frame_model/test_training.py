@@ -206,12 +206,12 @@ def test_pretrained_checkpoint_is_loaded_into_the_backbone(tmp_path):
     again = FrameModel("resnet18", CLASSES["names"], pretrained=str(tmp_path / "model.pt"))
     assert torch.equal(again.backbone.layer4[1].conv2.weight, source.layer4[1].conv2.weight)
 
-    with pytest.raises(ConfigError, match="frame_model.pretrained.*does not exist"):
+    with pytest.raises(ConfigError, match="frame_model.init.*does not exist"):
         FrameModel("resnet18", CLASSES["names"], pretrained=str(tmp_path / "missing.pth"))
-    with pytest.raises(ConfigError, match="frame_model.pretrained.*does not fit backbone resnet34"):
+    with pytest.raises(ConfigError, match="frame_model.init.*does not fit backbone resnet34"):
         FrameModel("resnet34", CLASSES["names"], pretrained=str(tmp_path / "resnet18.pth"))
     (tmp_path / "junk.pth").write_text("not a checkpoint")
-    with pytest.raises(ConfigError, match="frame_model.pretrained.*cannot be read"):
+    with pytest.raises(ConfigError, match="frame_model.init.*cannot be read"):
         FrameModel("resnet18", CLASSES["names"], pretrained=str(tmp_path / "junk.pth"))
 
 

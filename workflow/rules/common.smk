@@ -13,6 +13,7 @@ import ferseq.common.errors
 import ferseq.common.mlflow_runs
 import ferseq.data.splits
 import ferseq.faces.batch_plan
+import ferseq.frame_model.initial_weights
 import ferseq.frame_model.pretrained_weights
 from ferseq.evaluation.predictions import methods as evaluation_methods
 from ferseq.sequence_model.grid_plan import families, grid, job_outputs, job_points
@@ -32,17 +33,26 @@ except WorkflowError:
     raise WorkflowError(ferseq.common.config.explain(config, CONFIG_SCHEMA)) from None
 ferseq.common.config.check(config)
 
-# frame_model.pretrained: true is the reference (ImageNet weights). Checked once, in the
-# process that plans the DAG, so an offline run without the weights stops before any job;
-# the jobs themselves (on nodes without network) only read the weights file.
-if config["frame_model"]["pretrained"] is True and workflow.is_main_process:
+# Where the folds' frame CNNs start (frame_model.init, or its older spelling pretrained) and where
+# the pretraining starts when they start from it (ferseq.frame_model.initial_weights).
+FRAME_INIT = ferseq.frame_model.initial_weights.choice(config)
+PRETRAIN_INIT = ferseq.frame_model.initial_weights.choice(config, "pretrain")
+FRAME_INIT_TEXT = ferseq.frame_model.initial_weights.describe(config)
+
+# ImageNet weights are the reference start. Checked once, in the process that plans the DAG, so
+# an offline run without the weights stops before any job; the jobs themselves (on nodes without
+# network) only read the weights file.
+if workflow.is_main_process and "imagenet" in (
+    FRAME_INIT,
+    PRETRAIN_INIT if FRAME_INIT == "pretrain" else None,
+):
     try:
         _source = ferseq.frame_model.pretrained_weights.check_obtainable(
             config["frame_model"]["backbone"], config["frame_model"]["weights_dir"]
         )
     except ferseq.common.errors.ConfigError as err:
         raise WorkflowError(str(err)) from None
-    logger.info(f"frame_model.pretrained: ImageNet weights from {_source}")
+    logger.info(f"frame_model.init: ImageNet weights from {_source}")
 
 
 # Checks of a run about to start on a cluster. (Snakemake runs the main Snakefile's onstart alone: used as
@@ -198,11 +208,17 @@ def weights_file(backbone):
     )
 
 
-def pretrained_weights_input(wildcards):
-    """frame_model's initial backbone weights: the materialised ImageNet file with pretrained: true."""
-    if config["frame_model"]["pretrained"] is True:
-        return weights_file(config["frame_model"]["backbone"])
-    return []
+def initial_weights_file(init):
+    """The file an init choice starts a network from: the ImageNet weights that rule
+    pretrained_weights writes, the pretraining's model (rule pretrain), the user's checkpoint, or
+    none."""
+    if init == "imagenet":
+        return [weights_file(config["frame_model"]["backbone"])]
+    if init == "pretrain":
+        return [ferseq.frame_model.initial_weights.PRETRAIN_MODEL]
+    if init == "none":
+        return []
+    return [local(init)]
 
 
 # The fine-tuned CNN-LSTM of each fold (rule finetune, finetune.smk), when FINETUNE.
@@ -233,6 +249,7 @@ def final_outputs(wildcards):
         "results/evaluation/per_person.png",
         "results/evaluation/differences.png",
         *(expand(FINETUNE_MODEL, fold=FOLDS) if FINETUNE else []),
+        *(["results/pretrain/model.json"] if FRAME_INIT == "pretrain" else []),
     ]
 
 

@@ -111,5 +111,7 @@ rule summary:
         confidence=config["evaluation"]["confidence"],
         normalise=config["windows"]["normalise"],
         seed=config["seed"],
+        # where the frame CNN started, said in summary.md and summary.csv
+        frame_init=FRAME_INIT_TEXT,
     script:
         "../scripts/summary.py"

@@ -1,4 +1,4 @@
-# ImageNet weights (frame_model.pretrained: true) are written once, where Snakemake runs (a
+# ImageNet weights (frame_model.init: imagenet) are written once, where Snakemake runs (a
 # local rule: the login node of a cluster, which has network or timm's cache); the
 # frame_model jobs on the nodes only read the file.
 rule pretrained_weights:
@@ -23,7 +23,8 @@ rule frame_model:
         faces=faces_inputs,
         segments="results/data/segments.parquet",
         splits="results/data/splits.parquet",
-        weights=pretrained_weights_input,
+        # where the network starts (frame_model.init): ImageNet weights, the pretraining's model, a checkpoint
+        weights=initial_weights_file(FRAME_INIT),
     output:
         model="results/folds/{fold}/frame_model/model.pt",
         metrics=report(

@@ -13,5 +13,6 @@ with logs.step(snakemake.log[0]):
         seed=snakemake.params.seed,
         confidence=snakemake.params.confidence,
         normalise=snakemake.params.normalise,
+        initialised_from=snakemake.params.frame_init,
     )
     summary.log_summary(snakemake.config, table, list(outputs.values()))

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ferseq.frame_model import initial_weights
+
 CARD_FILE = "MODEL_CARD.md"
 UNIT_NOUNS = {"subject": "people", "video": "videos", "segment": "segments"}
 METRICS = (("uar", "UAR"), ("war", "WAR"), ("macro_f1", "macro F1"))
@@ -171,10 +173,10 @@ def _limits(manifest: dict[str, Any], frame: dict) -> list[str]:
     elif shared is not None:
         lines.append(f"- The split is by {unit or 'subject'}: no test subject of this fold is in its train or val "
                      "split.")
-    pretrained = (config.get("frame_model") or {}).get("pretrained") if config else None
-    if config and not pretrained:
+    init = initial_weights.choice(config) if config else None
+    if init == "none":
         lines.append(f"- **From-scratch CNN**: the frame CNN ({frame.get('backbone', '?')}) was trained from random "
-                     "weights (frame_model.pretrained: false), not from ImageNet weights as the reference protocol is.")
+                     "weights (frame_model.init: none), not from ImageNet weights as the reference protocol is.")
     elif not config:
         lines.append("- The config was not recorded (an older run): whether the frame CNN started from ImageNet "
                      "weights is not known.")
@@ -201,19 +203,25 @@ def terms(manifest: dict[str, Any]) -> list[str]:
     config = manifest.get("config") or {}
     frame = config.get("frame_model") or {}
     backbone = frame.get("backbone") or manifest["models"]["frame_model"].get("backbone", "?")
-    pretrained = frame.get("pretrained") if config else None
+    init = initial_weights.choice(config) if config else None
     lines = ["ferseq itself is MIT-licensed; the models below keep their own terms, and the model is bound by the "
              "terms of the data it was trained on.", "",
              f"- Landmarks: {LANDMARK_TERMS}",
              f"- Face detector: {DETECTOR_TERMS.get(detector, f'`{detector}`: terms not recorded by ferseq.')}"]
-    if pretrained is True:
+    if init == "imagenet":
         lines.append(f"- Frame CNN: `{backbone}` started from timm's ImageNet weights. timm's code is Apache 2.0; "
                      "the weights carry the terms of their source and of ImageNet, whose terms of access allow "
                      "non-commercial research and educational use.")
-    elif pretrained is False:
+    elif init == "none":
         lines.append(f"- Frame CNN: `{backbone}` trained from random weights: no third-party weights.")
-    elif pretrained:
-        lines.append(f"- Frame CNN: `{backbone}` started from the checkpoint `{pretrained}`: its terms apply.")
+    elif init == "pretrain":
+        images = (config.get("pretrain") or {}).get("images") or {}
+        lines.append(f"- Frame CNN: `{backbone}` started from {initial_weights.describe(config)}, itself started "
+                     f"from {initial_weights.describe(config, 'pretrain')}: the image set's licence or agreement "
+                     f"({images.get('format', '?')}; the public sets allow non-commercial research use) and those "
+                     "weights' terms apply.")
+    elif init:
+        lines.append(f"- Frame CNN: `{backbone}` started from the checkpoint `{init}`: its terms apply.")
     else:
         lines.append(f"- Frame CNN: `{backbone}`; whether it started from ImageNet weights is not recorded (an "
                      "older run), so their terms may apply.")

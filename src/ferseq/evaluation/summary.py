@@ -325,7 +325,7 @@ def baseline_note(below: int, folds: int) -> str:
     if folds == 1:
         where = "the test data"
     return (f"**The frame CNN is below the landmark baseline on {where}** (macro F1): a sound frame model should clear "
-            "this floor. Check frame_model.pretrained (the reference starts from ImageNet weights) and the frame "
+            "this floor. Check frame_model.init (the reference starts from ImageNet weights) and the frame "
             "model's training curve (results/folds/*/frame_model/metrics.csv) before reading the CNN and CNN-LSTM rows.")
 
 
@@ -363,8 +363,9 @@ def fold_table(table: pd.DataFrame, pooled: Pooled, pct: int) -> list[str]:
 
 
 def markdown(table: pd.DataFrame, pooled: Pooled, split_summary: pd.DataFrame, unit: str, leak: bool, below: int,
-             resamples: int, confidence: float, normalise: str = "none") -> str:
-    """``summary.md``: the verdict, the scores and differences with their intervals, what was scored, the caveats."""
+             resamples: int, confidence: float, normalise: str = "none", initialised_from: str | None = None) -> str:
+    """``summary.md``: the verdict, the scores and differences with their intervals, what was scored, the caveats.
+    ``initialised_from``: where the frame CNN started (:func:`ferseq.frame_model.initial_weights.describe`)."""
     nouns = pooled.unit_nouns
     folds, names = len(pooled.folds), pooled.names
     scores, diffs = table[table["kind"] == "score"], table[table["kind"] == "difference"]
@@ -390,6 +391,8 @@ def markdown(table: pd.DataFrame, pooled: Pooled, split_summary: pd.DataFrame, u
     merged = (f" ({pooled.merged} of them hold several people who share a {unit}, kept together)"
               if pooled.merged else "")
     lines += [f"Resampled unit: the test {nouns[0]}; {len(pooled.units)} test {nouns[1]}{merged}.", ""]
+    if initialised_from:
+        lines += [f"Frame CNN initialised from {initialised_from}.", ""]
     if normalise == "subject":
         lines += ["**Per-person normalisation** (windows.normalise: subject): the sequence models read each frame's "
                   "features minus its person's median over all of their face frames, test people's included "
@@ -478,9 +481,10 @@ def markdown(table: pd.DataFrame, pooled: Pooled, split_summary: pd.DataFrame, u
 
 def summarize(prediction_files: Sequence[str | Path], split_summary: str | Path, outputs: dict[str, str | Path],
               resamples: int = RESAMPLES, seed: int = 42, confidence: float = CONFIDENCE,
-              normalise: str = "none") -> pd.DataFrame:
+              normalise: str = "none", initialised_from: str | None = None) -> pd.DataFrame:
     """The summary stage: ``outputs`` names csv, md, per_person (CSV), per_person_png and differences_png;
-    ``normalise``: windows.normalise of the sequence models (said in ``summary.md``)."""
+    ``normalise``: windows.normalise of the sequence models, ``initialised_from``: where the frame CNN started
+    (both said in ``summary.md``; the latter also a column of ``summary.csv``)."""
     splits = pd.read_csv(split_summary)
     unit, leak = str(splits["split_unit"].iloc[0]), bool(splits["identity_leak"].iloc[0])
     pooled = pool(prediction_files, unit, leak)
@@ -490,7 +494,7 @@ def summarize(prediction_files: Sequence[str | Path], split_summary: str | Path,
     nouns = pooled.unit_nouns
     full = table.assign(split_unit=unit, identity_leak=leak, resampled_unit=nouns[0], resampled_units=len(pooled.units),
                         cnn_below_landmarks_folds=below, folds=len(pooled.folds), resamples=resamples,
-                        confidence=confidence)
+                        confidence=confidence, frame_cnn_init=initialised_from)
     people = per_person(pooled, scored)
     with atomic_path(outputs["csv"]) as tmp:
         full.to_csv(tmp, index=False, float_format="%.6g")
@@ -500,7 +504,8 @@ def summarize(prediction_files: Sequence[str | Path], split_summary: str | Path,
                                      outputs["per_person_png"])
     plots.plot_differences(table[table["kind"] == "difference"], outputs["differences_png"])
     with atomic_path(outputs["md"]) as tmp:
-        tmp.write_text(markdown(table, pooled, splits, unit, leak, below, resamples, confidence, normalise))
+        tmp.write_text(markdown(table, pooled, splits, unit, leak, below, resamples, confidence, normalise,
+                                initialised_from))
     log.info("summary of %d fold(s), %d test %s:\n%s", len(pooled.folds), len(pooled.units), nouns[1],
              Path(outputs["md"]).read_text())
     return full
@@ -521,10 +526,12 @@ def log_summary(config: dict[str, Any], table: pd.DataFrame, artifacts: Sequence
         for suffix, value in (("", r.value), (".ci_low", r.ci_low), (".ci_high", r.ci_high), (".p", r.p_value)):
             if np.isfinite(value):
                 values[key + suffix] = float(value)
+    init = table["frame_cnn_init"].iloc[0] if "frame_cnn_init" in table else None
     with mlflow_runs.open_run(config, "summary") as run:  # journalled: a tracking outage does not fail the step
         run.log_params({"folds": int(table["folds"].iloc[0]), "resamples": int(table["resamples"].iloc[0]),
                         "split_unit": table["split_unit"].iloc[0],
-                        "resampled_unit": table["resampled_unit"].iloc[0]})
+                        "resampled_unit": table["resampled_unit"].iloc[0],
+                        **({"frame_cnn_init": init} if isinstance(init, str) else {})})
         run.log_metrics(values)
         for path in artifacts:
             run.log_artifact(path)

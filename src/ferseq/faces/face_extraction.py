@@ -150,7 +150,7 @@ def check_ranges(ranges: Ranges, video: str | Path) -> Ranges:
     return ranges
 
 
-class _RowGroup:
+class RowGroup:
     """Rows collected for one Parquet row group."""
 
     def __init__(self) -> None:
@@ -292,7 +292,7 @@ def process_video(video_path: Path, ranges: Ranges, cfg: dict[str, Any], out_par
 
     started = time.perf_counter()
     with pq.ParquetWriter(out_parquet, schema) as writer:
-        group, wanted, done = _RowGroup(), _wanted(ranges), 0
+        group, wanted, done = RowGroup(), _wanted(ranges), 0
         frames = (frame for frame, _ in _wanted(ranges))
         for index, image in iter_frames(video_path, frames):
             frame, segment_id = next(wanted)  # iter_frames yields the wanted frames in order ...
@@ -307,7 +307,7 @@ def process_video(video_path: Path, ranges: Ranges, cfg: dict[str, Any], out_par
             done += 1
             if len(group) == ROWS_PER_GROUP:
                 writer.write_table(group.table(schema))
-                group = _RowGroup()
+                group = RowGroup()
             if done % LOG_EVERY == 0:
                 fps = done / (time.perf_counter() - started)
                 log.info("%s: %d/%s frames, %.0f frames/s", name, done, total, fps)

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 # The ``frame_model`` defaults of workflow/schemas/config.schema.yaml (a test keeps them equal),
 # so that a partial config works outside Snakemake too.
 DEFAULTS: dict[str, Any] = {
-    "backbone": "legacy_xception", "pretrained": True, "weights_dir": "results/weights", "input_size": 224, "fc": [1024, 512, 256],
+    "backbone": "legacy_xception", "pretrained": True, "init": None, "weights_dir": "results/weights", "input_size": 224, "fc": [1024, 512, 256],
     "embedding_layer": 1, "dropout": 0.5, "lr": 0.0001, "batch_size": 32, "epochs": 30, "patience": 5,
     "frame_stride": 1, "augment": True, "num_workers": 2, "inference_batch_size": 64, "shuffle_buffer": 4096,
 }
@@ -54,11 +54,12 @@ def autocast(dev: torch.device):
     return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
 
 
-def create_backbone(name: str, pretrained: bool | str = False) -> nn.Module:
+def create_backbone(name: str, pretrained: bool | str = False, key: str = "frame_model.init") -> nn.Module:
     """A timm model without its classifier, returning globally average-pooled features.
 
     ``pretrained``: False (random init), True (timm's weights: cached or downloaded)
     or the path of a checkpoint to load into the backbone (a classifier in it is ignored).
+    ``key``: the config key that chose the weights, named by the errors.
     """
     import timm
 
@@ -68,19 +69,19 @@ def create_backbone(name: str, pretrained: bool | str = False) -> nn.Module:
         try:
             return timm.create_model(name, pretrained=True, num_classes=0, global_pool="avg")
         except Exception as err:  # no internet, no cache, no weights for this name: all the user's to fix
-            raise ConfigError(f"frame_model.pretrained: true needs timm's weights for {name}, which could not be "
-                              f"loaded ({type(err).__name__}: {err}); use false or the path of a checkpoint file") from None
+            raise ConfigError(f"{key}: imagenet needs timm's weights for {name}, which could not be loaded "
+                              f"({type(err).__name__}: {err}); use none or the path of a checkpoint file") from None
     model = timm.create_model(name, pretrained=False, num_classes=0, global_pool="avg")
     if pretrained:
-        load_backbone_weights(model, Path(pretrained))
+        load_backbone_weights(model, Path(pretrained), key)
     return model
 
 
-def load_backbone_weights(model: nn.Module, path: Path) -> None:
+def load_backbone_weights(model: nn.Module, path: Path, key: str = "frame_model.init") -> None:
     """Load a checkpoint (timm/torchvision-style state dict, or a ferseq model.pt) into a headless backbone."""
     from timm.models import load_state_dict
 
-    where = f"frame_model.pretrained: checkpoint {str(path)!r}"
+    where = f"{key}: checkpoint {str(path)!r}"
     if not path.is_file():
         raise ConfigError(f"{where} does not exist")
     try:
@@ -114,11 +115,12 @@ class FrameModel(nn.Module):
 
     def __init__(self, backbone: str, classes: Sequence[str], fc: Sequence[int] = (1024, 512, 256), dropout: float = 0.5,
                  embedding_layer: int = 1, input_size: int = 224, pretrained: bool | str = False,
-                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None):
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 init_key: str = "frame_model.init"):
         super().__init__()
         if not 0 <= embedding_layer < len(fc):
             raise ConfigError(f"frame_model.embedding_layer: {embedding_layer} is not an index of frame_model.fc {list(fc)}")
-        self.backbone = create_backbone(backbone, pretrained)
+        self.backbone = create_backbone(backbone, pretrained, init_key)
         cfg = self.backbone.pretrained_cfg
         self.arch = {"backbone": backbone, "classes": list(classes), "fc": [int(n) for n in fc], "dropout": float(dropout),
                      "embedding_layer": int(embedding_layer), "input_size": int(input_size),
@@ -166,16 +168,31 @@ def to_device(model: FrameModel, dev: torch.device | str) -> FrameModel:
     return model.to(torch.device(dev), memory_format=MEMORY_FORMAT)
 
 
-def build_model(config: Mapping[str, Any], weights: str | Path | None = None) -> FrameModel:
-    """The (untrained) frame model a full config describes.
+def build_model(config: Mapping[str, Any], weights: str | Path | None = None, section: str = "frame_model",
+                classes: Sequence[str] | None = None) -> FrameModel:
+    """The (untrained) frame network a full config describes, started as ``{section}.init`` says
+    (:mod:`ferseq.frame_model.initial_weights`; ``section``: ``frame_model`` or ``pretrain``).
 
-    ``weights``: a backbone weights file that replaces ``frame_model.pretrained``
-    (the workflow passes the file that the local rule pretrained_weights wrote).
+    ``weights``: the file that ``init`` resolved to (the workflow passes it: the ImageNet weights that the local
+    rule pretrained_weights wrote, the pretraining's model or the checkpoint of a path): a ferseq checkpoint
+    starts the whole network, anything else the backbone. ``classes``: the classifier's (default: the study's).
     """
+    from ferseq.frame_model import initial_weights
+
     cfg = settings(config)
-    pretrained = str(weights) if weights else cfg["pretrained"]
-    return FrameModel(cfg["backbone"], config["classes"]["names"], cfg["fc"], cfg["dropout"], cfg["embedding_layer"],
-                      cfg["input_size"], pretrained)
+    key = f"{section}.init"
+    init = initial_weights.choice(config, section)
+    if init == "pretrain" and not weights:
+        raise ConfigError(f"{key}: pretrain needs the pretraining's model ({initial_weights.PRETRAIN_MODEL}, "
+                          "rule pretrain)")
+    source = str(weights) if weights else init
+    whole = initial_weights.is_path(source) and initial_weights.is_frame_checkpoint(source)
+    pretrained: bool | str = {"imagenet": True, "none": False}.get(source, False if whole else source)
+    model = FrameModel(cfg["backbone"], classes or config["classes"]["names"], cfg["fc"], cfg["dropout"],
+                       cfg["embedding_layer"], cfg["input_size"], pretrained, init_key=key)
+    if whole:
+        initial_weights.load_network(model, source, key)
+    return model
 
 
 def save_checkpoint(path: str | Path, model: FrameModel, state_dict: dict | None = None, **info: Any) -> None:

@@ -39,6 +39,7 @@ from ferseq.common import mlflow_runs, model_files, resume
 from ferseq.common.errors import FerseqError
 from ferseq.common.outputs import atomic_path
 from ferseq.frame_model.crops import CropSource, MemoryCrops, ParquetCrops, StreamBatches, index_face_rows, stream_loader
+from ferseq.frame_model import initial_weights
 from ferseq.frame_model.device_crops import DeviceBatches, decode_on_device
 from ferseq.frame_model.network import (
     FrameModel,
@@ -233,6 +234,16 @@ def resume_key(faces: Mapping[str, str | Path], segments_path: str | Path, split
         resume.stamp(init_weights) if init_weights else None, dev.type, on_device)
 
 
+@dataclass
+class Examples:
+    """What a training loop learns from: train and val crops (sources read as they go) and their class indices."""
+
+    train: CropSource
+    train_y: np.ndarray
+    val: CropSource
+    val_y: np.ndarray
+
+
 def train_frame_model(faces: Mapping[str, str | Path], segments_path: str | Path, splits_path: str | Path, fold: int,
                       config: Mapping[str, Any], out_model: str | Path, out_metrics: str | Path,
                       init_weights: str | Path | None = None, decode: str | None = None,
@@ -240,8 +251,9 @@ def train_frame_model(faces: Mapping[str, str | Path], segments_path: str | Path
     """Train the frame model of one fold; write ``out_model`` (model.pt) and ``out_metrics`` (per-epoch CSV).
 
     ``faces``: video_id -> faces Parquet file; ``config``: the full validated
-    config; ``init_weights``: the backbone's initial weights file (see
-    :func:`build_model`); ``decode``: where crops are decoded and augmented,
+    config; ``init_weights``: the file the network starts from (ImageNet backbone
+    weights, the pretraining's model or a checkpoint of ``frame_model.init``, see
+    :func:`ferseq.frame_model.network.build_model`); ``decode``: where crops are decoded and augmented,
     ``"device"`` (in batches on the model's device, :mod:`ferseq.frame_model.device_crops`)
     or ``"workers"`` (OpenCV in DataLoader workers); default: the device on
     CUDA, workers on the CPU. ``resume_dir``: where the training state is kept
@@ -252,38 +264,64 @@ def train_frame_model(faces: Mapping[str, str | Path], segments_path: str | Path
     """
     cfg = settings(config)
     classes = list(config["classes"]["names"])
-    seed = int(config.get("seed", 42))
-    dev = default_device()
-    epochs, patience = int(cfg["epochs"]), int(cfg["patience"])
-
     # data: where the crops are (read as they go), decoded by the DataLoader workers or on the device
     frames = fold_frames(faces, segments_path, splits_path, fold, classes, int(cfg["frame_stride"]))
     (train_crops, train_y), (val_crops, val_y) = frames["train"], frames["val"]
     if len(val_y) == 0:
         raise FrameDataError(f"fold {fold}: no val frames with a face; early stopping needs a val split with faces")
+    dev = default_device()
+    on_device = decode_on_device(decode, dev)
+    key = resume_key(faces, segments_path, splits_path, fold, config, init_weights, dev, on_device)
+    torch.manual_seed(int(config.get("seed", 42)))  # the new layers' weights, then dropout, follow from the seed
+    model = build_model(config, init_weights)
+    init = initial_weights.choice(config)
+    started = initial_weights.describe(config, "frame_model", init_weights)
+    log.info("fold %s: the frame CNN starts from %s", fold, started)
+    return fit(model, Examples(train_crops, train_y, val_crops, val_y), config, cfg, name=f"fold {fold}",
+               stage="frame_model", fold=fold, out_model=out_model, out_metrics=out_metrics, resume_dir=resume_dir,
+               key=key, on_device=on_device, params={"init": init, "initial_weights": str(init_weights or init)},
+               info={"fold": fold, "init": init, "initialised_from": started,
+                     # the crops this model expects: `ferseq predict` makes new videos' faces the same way
+                     "faces": dict(config.get("faces", {}))})
+
+
+def fit(model: FrameModel, data: Examples, config: Mapping[str, Any], cfg: Mapping[str, Any], *, name: str,
+        stage: str, fold: int | None, out_model: str | Path, out_metrics: str | Path, resume_dir: str | Path | None,
+        key: str, on_device: bool, params: Mapping[str, Any] | None = None,
+        info: Mapping[str, Any] | None = None, finish: Callable[[FrameModel, Any], None] | None = None
+        ) -> dict[str, Any]:
+    """The training loop of a frame network (a fold's frame model, or the pretraining's): ``model`` trained on
+    ``data`` with the ``cfg`` settings (a ``frame_model``-shaped section), early-stopped on the val loss; the best
+    epoch's weights written to ``out_model`` with ``info``, the per-epoch history to ``out_metrics``.
+
+    ``name`` starts the log lines ("fold 0", "pretraining"); ``stage`` and ``fold`` name the MLflow run, which
+    also gets ``params``; ``key``: what a saved state in ``resume_dir`` must match to be continued
+    (:func:`resume_key`); ``on_device``: crops decoded on the model's device. The caller seeds torch's global
+    generator before building ``model`` (its new layers and then dropout draw from it). ``finish``: called with the best
+    epoch's network and the MLflow run before the run ends (e.g. to score a test set).
+    """
+    classes = list(model.classes)
+    seed = int(config.get("seed", 42))
+    dev = default_device()
+    epochs, patience = int(cfg["epochs"]), int(cfg["patience"])
+    train_crops, train_y, val_crops, val_y = data.train, data.train_y, data.val, data.val_y
     try:
         weights = class_weights(np.bincount(train_y, minlength=len(classes)), classes)
     except FrameDataError as err:
-        raise FrameDataError(f"fold {fold}: {err}") from None
-    log.info("fold %s: %d train and %d val face frames (frame_stride %d), device %s; train frames per class: %s",
-             fold, len(train_y), len(val_y), cfg["frame_stride"], dev.type,
-             dict(zip(classes, np.bincount(train_y, minlength=len(classes)).tolist())))
-    torch.manual_seed(seed)
+        raise FrameDataError(f"{name}: {err}") from None
+    log.info("%s: %d train and %d val face crops, device %s; train crops per class: %s", name, len(train_y),
+             len(val_y), dev.type, dict(zip(classes, np.bincount(train_y, minlength=len(classes)).tolist())))
     generator = torch.Generator().manual_seed(seed)  # data order and augmentation
-    on_device = decode_on_device(decode, dev)  # encoded crops to the device, decoded and augmented there
     train_loader = frame_batches(train_crops, train_y, cfg, dev, generator, on_device)
     val_loader = frame_batches(val_crops, val_y, cfg, dev, on_device=on_device)
 
     # model, loss weights, optimiser
-    model = to_device(build_model(config, init_weights), dev)
+    model = to_device(model, dev)
     weights = weights.to(dev)
     optimizer = optimizer_for(model, float(cfg["lr"]), dev)
 
     # the state of an interrupted attempt with the same inputs and settings, if any
-    store = None
-    if resume_dir is not None:
-        store = resume.Store(resume_dir, resume_key(faces, segments_path, splits_path, fold, config, init_weights,
-                                                    dev, on_device), f"fold {fold} frame model")
+    store = resume.Store(resume_dir, key, f"{name} {stage}") if resume_dir is not None else None
     saved = store.load() if store else None
     history: list[dict[str, float]] = []
     best = {"epoch": 0, "val_loss": math.inf, "val_macro_f1": 0.0, "state_dict": None}
@@ -297,7 +335,7 @@ def train_frame_model(faces: Mapping[str, str | Path], segments_path: str | Path
         best = {**saved["best"], "state_dict": store.load_file(f"best-{saved['best']['epoch']}")
                 if saved["best"]["epoch"] else None}
         first, progress = saved["epoch"] + 1, EpochProgress(**saved["progress"])
-        log.info("fold %s: resuming at epoch %d%s from the state saved in %s (best epoch so far %d)", fold, first,
+        log.info("%s: resuming at epoch %d%s from the state saved in %s (best epoch so far %d)", name, first,
                  f", batch {progress.batches + 1}" if progress.batches else "", resume_dir, best["epoch"])
 
     def save_state(epoch: int, epoch_start_rng: torch.Tensor, run: Any) -> None:
@@ -319,14 +357,13 @@ def train_frame_model(faces: Mapping[str, str | Path], segments_path: str | Path
             run.log_metrics({k: row[k] for k in ("train_loss", "val_loss", "val_macro_f1")} |
                             {"epoch_seconds": row["seconds"]}, step=row["epoch"])
 
-    with mlflow_runs.open_run(config, stage="frame_model", fold=fold, resume=saved and saved["journal"]) as run, \
+    with mlflow_runs.open_run(config, stage=stage, fold=fold, resume=saved and saved["journal"]) as run, \
             resume.StopSignal() as stop:
         if not saved:
-            run.log_params({f"frame_model.{k}": v for k, v in cfg.items()})
-            run.log_params({f"class_weight.{name}": round(float(w), 6) for name, w in zip(classes, weights.tolist())})
+            run.log_params({f"{stage}.{k}": v for k, v in cfg.items()})
+            run.log_params({f"class_weight.{c}": round(float(w), 6) for c, w in zip(classes, weights.tolist())})
             run.log_params({"train_frames": len(train_y), "val_frames": len(val_y), "device": dev.type,
-                            "decode": "device" if on_device else "workers",
-                            "initial_weights": str(init_weights or cfg["pretrained"])})
+                            "decode": "device" if on_device else "workers", **(params or {})})
         log_epochs(run)
 
         # epoch loop with early stopping on the validation loss
@@ -334,16 +371,16 @@ def train_frame_model(faces: Mapping[str, str | Path], segments_path: str | Path
             started = time.perf_counter()
             epoch_start_rng = generator.get_state()  # a mid-epoch state replays the epoch's order from here
             try:
-                train_loss = train_epoch(model, train_loader, optimizer, weights, dev, f"fold {fold} epoch {epoch}",
+                train_loss = train_epoch(model, train_loader, optimizer, weights, dev, f"{name} epoch {epoch}",
                                          progress, stop)
             except resume.Stopped as err:
                 save_state(epoch - 1, epoch_start_rng, run)
-                raise resume.Stopped(f"fold {fold}: {stop.received} at epoch {epoch}, batch {progress.batches}: "
+                raise resume.Stopped(f"{name}: {stop.received} at epoch {epoch}, batch {progress.batches}: "
                                      f"state saved in {resume_dir}; a new attempt resumes there") from err
             val_loss, val_pred, val_true = evaluate(model, val_loader, weights, dev)
             if not math.isfinite(val_loss):
-                raise FerseqError(f"fold {fold} epoch {epoch}: val loss is {val_loss}, training diverged; "
-                                  f"lower frame_model.lr (now {cfg['lr']})")
+                raise FerseqError(f"{name} epoch {epoch}: val loss is {val_loss}, training diverged; "
+                                  f"lower {stage}.lr (now {cfg['lr']})")
             val_f1 = f1_score(val_true, val_pred, labels=np.unique(val_true), average="macro", zero_division=0)
             row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
                    "val_macro_f1": float(val_f1), "seconds": time.perf_counter() - started}
@@ -359,32 +396,34 @@ def train_frame_model(faces: Mapping[str, str | Path], segments_path: str | Path
             progress = EpochProgress()
             save_state(epoch, generator.get_state(), run)
             log_epochs(run)
-            log.info("fold %s epoch %d/%d: train loss %.4f, val loss %.4f, val macro F1 %.3f, %.1f s%s", fold, epoch,
+            log.info("%s epoch %d/%d: train loss %.4f, val loss %.4f, val macro F1 %.3f, %.1f s%s", name, epoch,
                      epochs, row["train_loss"], val_loss, val_f1, row["seconds"], " (best)" if improved else "")
             if finished:
-                log.info("fold %s: early stop at epoch %d, val loss has not improved for %d epochs (best epoch %d)",
-                         fold, epoch, stale, best["epoch"])
+                log.info("%s: early stop at epoch %d, val loss has not improved for %d epochs (best epoch %d)",
+                         name, epoch, stale, best["epoch"])
                 break
             if stop():
-                raise resume.Stopped(f"fold {fold}: {stop.received} after epoch {epoch}: state saved in "
+                raise resume.Stopped(f"{name}: {stop.received} after epoch {epoch}: state saved in "
                                      f"{resume_dir}; a new attempt resumes at epoch {epoch + 1}")
 
         # checkpoint of the best epoch, and the history
-        save_checkpoint(out_model, model, best["state_dict"], fold=fold, seed=seed,
+        save_checkpoint(out_model, model, best["state_dict"], seed=seed,
                         class_weights=[float(w) for w in weights.cpu()], best_epoch=best["epoch"],
                         val_loss=best["val_loss"], val_macro_f1=best["val_macro_f1"], epochs_run=len(history),
                         train_frames=len(train_y), val_frames=len(val_y), config_hash=mlflow_runs.config_hash(dict(config)),
-                        # the crops this model expects: `ferseq predict` makes new videos' faces the same way
-                        faces=dict(config.get("faces", {})))
+                        **(info or {}))
         with atomic_path(out_metrics) as tmp:
             pd.DataFrame(history, columns=list(history[0])).to_csv(tmp, index=False)
+        if finish is not None:
+            model.load_state_dict(best["state_dict"])
+            finish(model, run)
         run.log_metrics({"best_epoch": best["epoch"], "best_val_loss": best["val_loss"],
                          "best_val_macro_f1": best["val_macro_f1"], "epochs_run": len(history)})
         run.log_artifact(out_model)
         run.log_artifact(out_metrics)
     if store is not None:
         store.clear()
-    log.info("fold %s: best epoch %d of %d, val loss %.4f, val macro F1 %.3f -> %s", fold, best["epoch"], len(history),
+    log.info("%s: best epoch %d of %d, val loss %.4f, val macro F1 %.3f -> %s", name, best["epoch"], len(history),
              best["val_loss"], best["val_macro_f1"], out_model)
     return {"best_epoch": best["epoch"], "val_loss": best["val_loss"], "val_macro_f1": best["val_macro_f1"],
             "epochs_run": len(history), "history": history, "run_id": run.run_id}
