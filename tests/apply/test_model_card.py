@@ -134,3 +134,18 @@ def test_the_card_states_the_terms_of_the_models_the_bundle_needs(tmp_path):
     # An older run without its config: the ImageNet terms may apply, and the card says it does not know.
     terms = terms_section(model_card.render(a_manifest(tmp_path)))
     assert "not recorded" in terms and "`legacy_xception`" in terms
+
+
+def test_a_frame_cnn_started_from_a_pretraining_says_so_and_carries_the_image_sets_terms(tmp_path):
+    config = {"frame_model": {"init": "pretrain", "backbone": "legacy_xception"},
+              "pretrain": {"images": {"format": "rafdb", "path": "/data/RAF-DB/basic"}, "init": "imagenet"}}
+    info = a_manifest(tmp_path, config)
+    info["models"]["frame_model"]["initialised_from"] = ("its pretraining on the rafdb image set /data/RAF-DB/basic "
+                                                         "(results/pretrain/model.pt)")
+    card = model_card.render(info)
+    assert ("a per-frame CNN (legacy_xception, 299 px aligned face crops, initialised from its pretraining on the "
+            "rafdb image set /data/RAF-DB/basic (results/pretrain/model.pt))") in card
+    terms = terms_section(card)
+    assert ("`legacy_xception` started from its pretraining on the rafdb image set /data/RAF-DB/basic "
+            "(results/pretrain/model.pt), itself started from ImageNet weights of legacy_xception") in terms
+    assert "the image set's licence or agreement (rafdb" in terms and "From-scratch" not in card

@@ -56,7 +56,7 @@ def test_offline_without_cached_weights_names_key_backbone_and_ways_out(offline,
     with pytest.raises(ConfigError) as err:
         pretrained_weights.check_obtainable("legacy_xception", tmp_path / "weights")
     message = str(err.value)
-    assert "frame_model.pretrained" in message and "'legacy_xception'" in message and "HF_HUB_OFFLINE" in message
+    assert "frame_model.init" in message and "'legacy_xception'" in message and "HF_HUB_OFFLINE" in message
     assert "path of a checkpoint" in message and "false" in message
     with pytest.raises(ConfigError, match="frame_model.backbone: 'no_such_net'"):
         pretrained_weights.check_obtainable("no_such_net", tmp_path / "weights")
@@ -93,7 +93,7 @@ def test_an_offline_run_stops_before_any_job(offline, tmp_path):
     done = run_snakemake(tmp_path, "--configfile", str(config), "--cores", "1")
     assert done.returncode != 0
     output = done.stdout + done.stderr
-    assert "frame_model.pretrained: true needs the ImageNet weights of backbone 'legacy_xception'" in output
+    assert "frame_model.init: imagenet needs the ImageNet weights of backbone 'legacy_xception'" in output
     assert "Traceback" not in output
     assert not (tmp_path / "results").exists()  # no job ran
 

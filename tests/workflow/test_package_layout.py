@@ -10,7 +10,7 @@ from conftest import REPO
 
 PACKAGE = REPO / "src" / "ferseq"
 # The stages in pipeline order; a module may import its own stage and earlier ones only.
-STAGES = ["common", "data", "faces", "frame_model", "features", "sequences", "sequence_model", "finetune",
+STAGES = ["common", "data", "faces", "frame_model", "pretrain", "features", "sequences", "sequence_model", "finetune",
           "evaluation", "apply", "cli"]
 
 

@@ -17,19 +17,22 @@ from ferseq.common import mlflow_runs
 from ferseq.faces.batch_plan import CLIP_COST, plan_from_config, runtime_minutes
 
 SLURM_PROFILE = REPO / "workflow" / "profiles" / "slurm"
-GPU_RULES = {"frame_model", "features", "finetune"}
+GPU_RULES = {"frame_model", "features", "finetune", "pretrain"}
+# data.import and a pretraining image set: every rule exists
+EVERY_RULE = {"data": {"import": {"format": "ravdess"}},
+              "pretrain": {"images": {"format": "folder", "path": str(REPO / "tests" / "fixtures")}}}
 
 
 def workflow_rules(config: dict | None = None) -> tuple[dict, set[str]]:
     """The rules of the Snakefile as Snakemake parses them, by name, and the local rules
-    (by default with ``data.import`` on, so every rule exists)."""
+    (by default ``EVERY_RULE``: with ``data.import`` and a pretraining image set, so every rule exists)."""
     from snakemake.api import SnakemakeApi
     from snakemake.settings.types import ConfigSettings, OutputSettings, Quietness, ResourceSettings
 
     with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
         workflow_api = api.workflow(
             snakefile=REPO / "Snakefile", workdir=REPO, resource_settings=ResourceSettings(cores=1),
-            config_settings=ConfigSettings(config=config or {"data": {"import": {"format": "ravdess"}}}))
+            config_settings=ConfigSettings(config=config or EVERY_RULE))
         workflow = workflow_api._workflow  # the parsed workflow; the public API only prints rules
         return {rule.name: rule for rule in workflow.rules}, set(workflow._localrules)
 
@@ -43,7 +46,8 @@ def test_every_rule_declares_log_benchmark_threads_resources_and_env():
     rules, local = workflow_rules()
     # pretrained_weights runs where Snakemake runs (it may download), and faces_plan writes a faces batch's plan
     # there: declared like the others all the same. `default` is the top-level Snakefile's target (rule all's).
-    assert "import_annotations" in rules and local == {"all", "default", "pretrained_weights", "faces_plan"}
+    assert {"import_annotations", "pretrain_faces", "pretrain"} <= set(rules)
+    assert local == {"all", "default", "pretrained_weights", "faces_plan"}
     for name, rule in rules.items():
         if name in ("all", "default"):
             continue

@@ -83,7 +83,9 @@ def test_demo_dag_from_raw_videos_to_summary_then_nothing_to_do(demo_run, tmp_pa
     assert "CNN-LSTM" in summary and "Identity leaks across splits" in summary and "private" in summary
     assert "landmark baseline, per frame" in summary and "landmark baseline, window mean" in summary
     assert summary.startswith("# ferseq evaluation summary\n\n**Verdict.** On ") and "segment UAR" in summary
+    assert "Frame CNN initialised from random weights." in summary  # the demo's frame_model.init: none
     table = pd.read_csv(results / "evaluation/summary.csv")
+    assert set(table["frame_cnn_init"]) == {"random weights"}
     assert set(table["method"]) == set(methods) and table["identity_leak"].all()
     scores = table[table["kind"] == "score"]
     assert len(scores) == 5 * 2 * 3  # five methods, at their own level and per segment, UAR, WAR and macro F1

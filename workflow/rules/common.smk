@@ -13,7 +13,7 @@ import ferseq.common.errors
 import ferseq.common.mlflow_runs
 import ferseq.data.splits
 import ferseq.faces.batch_plan
-import ferseq.frame_model.initial_weights
+import ferseq.common.initialisation
 import ferseq.frame_model.pretrained_weights
 from ferseq.evaluation.predictions import methods as evaluation_methods
 from ferseq.sequence_model.grid_plan import families, grid, job_outputs, job_points
@@ -35,9 +35,9 @@ ferseq.common.config.check(config)
 
 # Where the folds' frame CNNs start (frame_model.init, or its older spelling pretrained) and where
 # the pretraining starts when they start from it (ferseq.frame_model.initial_weights).
-FRAME_INIT = ferseq.frame_model.initial_weights.choice(config)
-PRETRAIN_INIT = ferseq.frame_model.initial_weights.choice(config, "pretrain")
-FRAME_INIT_TEXT = ferseq.frame_model.initial_weights.describe(config)
+FRAME_INIT = ferseq.common.initialisation.choice(config)
+PRETRAIN_INIT = ferseq.common.initialisation.choice(config, "pretrain")
+FRAME_INIT_TEXT = ferseq.common.initialisation.describe(config)
 
 # ImageNet weights are the reference start. Checked once, in the process that plans the DAG, so
 # an offline run without the weights stops before any job; the jobs themselves (on nodes without
@@ -213,12 +213,12 @@ def initial_weights_file(init):
     pretrained_weights writes, the pretraining's model (rule pretrain), the user's checkpoint, or
     none."""
     if init == "imagenet":
-        return [weights_file(config["frame_model"]["backbone"])]
+        return weights_file(config["frame_model"]["backbone"])
     if init == "pretrain":
-        return [ferseq.frame_model.initial_weights.PRETRAIN_MODEL]
+        return ferseq.common.initialisation.PRETRAIN_MODEL
     if init == "none":
         return []
-    return [local(init)]
+    return local(init)
 
 
 # The fine-tuned CNN-LSTM of each fold (rule finetune, finetune.smk), when FINETUNE.

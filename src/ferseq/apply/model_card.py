@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ferseq.frame_model import initial_weights
+from ferseq.common import initialisation
 
 CARD_FILE = "MODEL_CARD.md"
 UNIT_NOUNS = {"subject": "people", "video": "videos", "segment": "segments"}
@@ -56,7 +56,9 @@ def render(manifest: dict[str, Any]) -> str:
         "",
         f"For every frame of a video, the probability of each of {len(classes)} classes: "
         f"{', '.join(classes)}. Two models give them: a per-frame CNN ({frame.get('backbone', '?')}, "
-        f"{frame.get('input_size', '?')} px aligned face crops), and a sequence model ({arch}, hidden size "
+        f"{frame.get('input_size', '?')} px aligned face crops"
+        f"{', initialised from ' + frame['initialised_from'] if frame.get('initialised_from') else ''}), "
+        f"and a sequence model ({arch}, hidden size "
         f"{sequence.get('hidden', '?')}) over the window of the last {length} frames of "
         f"{FEATURE_NAMES.get(manifest['features'], manifest['features'])}. Runs of one CNN-LSTM class become the "
         "predicted segments. A face showing anything else still gets one of these classes.",
@@ -173,7 +175,7 @@ def _limits(manifest: dict[str, Any], frame: dict) -> list[str]:
     elif shared is not None:
         lines.append(f"- The split is by {unit or 'subject'}: no test subject of this fold is in its train or val "
                      "split.")
-    init = initial_weights.choice(config) if config else None
+    init = initialisation.choice(config) if config else None
     if init == "none":
         lines.append(f"- **From-scratch CNN**: the frame CNN ({frame.get('backbone', '?')}) was trained from random "
                      "weights (frame_model.init: none), not from ImageNet weights as the reference protocol is.")
@@ -203,7 +205,7 @@ def terms(manifest: dict[str, Any]) -> list[str]:
     config = manifest.get("config") or {}
     frame = config.get("frame_model") or {}
     backbone = frame.get("backbone") or manifest["models"]["frame_model"].get("backbone", "?")
-    init = initial_weights.choice(config) if config else None
+    init = initialisation.choice(config) if config else None
     lines = ["ferseq itself is MIT-licensed; the models below keep their own terms, and the model is bound by the "
              "terms of the data it was trained on.", "",
              f"- Landmarks: {LANDMARK_TERMS}",
@@ -216,8 +218,8 @@ def terms(manifest: dict[str, Any]) -> list[str]:
         lines.append(f"- Frame CNN: `{backbone}` trained from random weights: no third-party weights.")
     elif init == "pretrain":
         images = (config.get("pretrain") or {}).get("images") or {}
-        lines.append(f"- Frame CNN: `{backbone}` started from {initial_weights.describe(config)}, itself started "
-                     f"from {initial_weights.describe(config, 'pretrain')}: the image set's licence or agreement "
+        lines.append(f"- Frame CNN: `{backbone}` started from {initialisation.describe(config)}, itself started "
+                     f"from {initialisation.describe(config, 'pretrain')}: the image set's licence or agreement "
                      f"({images.get('format', '?')}; the public sets allow non-commercial research use) and those "
                      "weights' terms apply.")
     elif init:

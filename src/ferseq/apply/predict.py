@@ -237,7 +237,7 @@ def _describe_models(frame: dict[str, Any], sequence: dict[str, Any], baseline_m
     baseline = json.loads(baseline_metrics.read_text()) if baseline_metrics.is_file() else {}
     return {"frame_model": {"file": FRAME_FILE, **pick(frame["arch"], "backbone", "input_size"),
                             **pick(frame, "best_epoch", "val_loss", "val_macro_f1", "epochs_run", "train_frames",
-                                   "val_frames", "config_hash")},
+                                   "val_frames", "config_hash", "initialised_from")},
             "sequence_model": {"file": SEQUENCE_FILE, **pick(sequence, "arch", "hidden", "dropout", "input_dim", "normalise"),
                                **pick(sequence.get("metrics", {}), "lr", "best_epoch", "val_loss", "val_macro_f1",
                                       "epochs_run")},

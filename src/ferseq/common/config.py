@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ferseq.common.errors import ConfigError
-from ferseq.frame_model import initial_weights
+from ferseq.common import initialisation
 
 # The transformer sequence model's attention heads: its width (sequence_model.hidden) must divide by it.
 # Here, not in ferseq.sequence_model, because the config check runs without torch and before any stage.
@@ -87,7 +87,10 @@ def check(config: dict[str, Any]) -> None:
                             f"attention heads (its width is hidden); use multiples of {TRANSFORMER_HEADS} or drop "
                             "transformer from sequence_model.architectures")
 
-    problems += initial_weights.problems(config)
+    problems += initialisation.problems(config)
+    images = (config.get("pretrain") or {}).get("images")
+    if images and not Path(images["path"]).exists():
+        problems.append(f"pretrain.images.path: {images['path']!r} does not exist (the {images['format']} image set)")
     for source, target in ((config.get("pretrain") or {}).get("classes") or {}).get("map", {}).items():
         if target is not None and target not in names:
             problems.append(f"pretrain.classes.map.{_part(source)}: {target!r} is not one of classes.names {names}")

@@ -365,7 +365,7 @@ def fold_table(table: pd.DataFrame, pooled: Pooled, pct: int) -> list[str]:
 def markdown(table: pd.DataFrame, pooled: Pooled, split_summary: pd.DataFrame, unit: str, leak: bool, below: int,
              resamples: int, confidence: float, normalise: str = "none", initialised_from: str | None = None) -> str:
     """``summary.md``: the verdict, the scores and differences with their intervals, what was scored, the caveats.
-    ``initialised_from``: where the frame CNN started (:func:`ferseq.frame_model.initial_weights.describe`)."""
+    ``initialised_from``: where the frame CNN started (:func:`ferseq.common.initialisation.describe`)."""
     nouns = pooled.unit_nouns
     folds, names = len(pooled.folds), pooled.names
     scores, diffs = table[table["kind"] == "score"], table[table["kind"] == "difference"]

@@ -19,15 +19,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ferseq.common import initialisation
 from ferseq.common.errors import ConfigError
 from ferseq.common.outputs import atomic_path
+from ferseq.frame_model import initial_weights
 
 log = logging.getLogger(__name__)
 
 # The ``frame_model`` defaults of workflow/schemas/config.schema.yaml (a test keeps them equal),
 # so that a partial config works outside Snakemake too.
 DEFAULTS: dict[str, Any] = {
-    "backbone": "legacy_xception", "pretrained": True, "init": None, "weights_dir": "results/weights", "input_size": 224, "fc": [1024, 512, 256],
+    "backbone": "legacy_xception", "pretrained": None, "init": None, "weights_dir": "results/weights", "input_size": 224, "fc": [1024, 512, 256],
     "embedding_layer": 1, "dropout": 0.5, "lr": 0.0001, "batch_size": 32, "epochs": 30, "patience": 5,
     "frame_stride": 1, "augment": True, "num_workers": 2, "inference_batch_size": 64, "shuffle_buffer": 4096,
 }
@@ -177,16 +179,14 @@ def build_model(config: Mapping[str, Any], weights: str | Path | None = None, se
     rule pretrained_weights wrote, the pretraining's model or the checkpoint of a path): a ferseq checkpoint
     starts the whole network, anything else the backbone. ``classes``: the classifier's (default: the study's).
     """
-    from ferseq.frame_model import initial_weights
-
     cfg = settings(config)
     key = f"{section}.init"
-    init = initial_weights.choice(config, section)
+    init = initialisation.choice(config, section)
     if init == "pretrain" and not weights:
-        raise ConfigError(f"{key}: pretrain needs the pretraining's model ({initial_weights.PRETRAIN_MODEL}, "
+        raise ConfigError(f"{key}: pretrain needs the pretraining's model ({initialisation.PRETRAIN_MODEL}, "
                           "rule pretrain)")
     source = str(weights) if weights else init
-    whole = initial_weights.is_path(source) and initial_weights.is_frame_checkpoint(source)
+    whole = initialisation.is_path(source) and initial_weights.is_frame_checkpoint(source)
     pretrained: bool | str = {"imagenet": True, "none": False}.get(source, False if whole else source)
     model = FrameModel(cfg["backbone"], classes or config["classes"]["names"], cfg["fc"], cfg["dropout"],
                        cfg["embedding_layer"], cfg["input_size"], pretrained, init_key=key)

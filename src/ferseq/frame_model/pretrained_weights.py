@@ -1,7 +1,7 @@
 """ImageNet weights for the frame model's backbone, without network on the compute nodes.
 
 The reference method starts the frame CNN from ImageNet weights
-(``frame_model.pretrained: true``). Compute nodes of most clusters have no
+(``frame_model.init: imagenet``). Compute nodes of most clusters have no
 internet, so the weights are never fetched inside a ``frame_model`` job: the
 local rule ``pretrained_weights`` runs where Snakemake runs (workstation or
 login node) and writes the backbone's weights once, from timm's own cache or
@@ -48,8 +48,8 @@ def source(backbone: str) -> tuple[str, str]:
         return "hf-hub", cfg.hf_hub_id
     if cfg is not None and cfg.url:
         return "url", cfg.url
-    raise ConfigError(f"frame_model.pretrained: timm has no pretrained weights for backbone {backbone!r}; "
-                      "use a checkpoint path or false")
+    raise ConfigError(f"frame_model.init: timm has no ImageNet weights for backbone {backbone!r}; "
+                      "use the path of a checkpoint, pretrain or none")
 
 
 def cached_file(backbone: str) -> Path | None:
@@ -95,7 +95,7 @@ def how_to_fix(backbone: str) -> str:
     return (f"Ways out: run once on a machine with network (the local rule pretrained_weights writes the file "
             f"and the cluster only reads it); or put timm's file from {where} into timm's cache "
             f"({'$HF_HUB_CACHE' if kind == 'hf-hub' else '$TORCH_HOME/hub/checkpoints'}); or set "
-            "frame_model.pretrained to the path of a checkpoint file; or set it to false (random initialisation, "
+            "frame_model.init to the path of a checkpoint file; or set it to none (random initialisation, "
             "not the reference method).")
 
 
@@ -113,7 +113,7 @@ def check_obtainable(backbone: str, weights_dir: str | Path) -> str:
         return f"timm's cache ({cached})"
     if reachable(backbone):
         return "a download by the local rule pretrained_weights"
-    raise ConfigError(f"frame_model.pretrained: true needs the ImageNet weights of backbone {backbone!r}: they are "
+    raise ConfigError(f"frame_model.init: imagenet needs the ImageNet weights of backbone {backbone!r}: they are "
                       f"not in {target}, not in timm's cache, and there is no network here"
                       f"{' (HF_HUB_OFFLINE is set)' if offline() else ''}. {how_to_fix(backbone)}")
 

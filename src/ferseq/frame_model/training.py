@@ -35,11 +35,10 @@ import torch.nn.functional as F
 from sklearn.metrics import f1_score
 from torch.utils.data import DataLoader
 
-from ferseq.common import mlflow_runs, model_files, resume
+from ferseq.common import initialisation, mlflow_runs, model_files, resume
 from ferseq.common.errors import FerseqError
 from ferseq.common.outputs import atomic_path
 from ferseq.frame_model.crops import CropSource, MemoryCrops, ParquetCrops, StreamBatches, index_face_rows, stream_loader
-from ferseq.frame_model import initial_weights
 from ferseq.frame_model.device_crops import DeviceBatches, decode_on_device
 from ferseq.frame_model.network import (
     FrameModel,
@@ -274,8 +273,8 @@ def train_frame_model(faces: Mapping[str, str | Path], segments_path: str | Path
     key = resume_key(faces, segments_path, splits_path, fold, config, init_weights, dev, on_device)
     torch.manual_seed(int(config.get("seed", 42)))  # the new layers' weights, then dropout, follow from the seed
     model = build_model(config, init_weights)
-    init = initial_weights.choice(config)
-    started = initial_weights.describe(config, "frame_model", init_weights)
+    init = initialisation.choice(config)
+    started = initialisation.describe(config, "frame_model", init_weights)
     log.info("fold %s: the frame CNN starts from %s", fold, started)
     return fit(model, Examples(train_crops, train_y, val_crops, val_y), config, cfg, name=f"fold {fold}",
                stage="frame_model", fold=fold, out_model=out_model, out_metrics=out_metrics, resume_dir=resume_dir,

@@ -21,10 +21,9 @@ import pandas as pd
 import torch
 from sklearn.metrics import accuracy_score, f1_score, recall_score
 
-from ferseq.common import model_files, resume
+from ferseq.common import initialisation, model_files, resume
 from ferseq.common.errors import ConfigError, FerseqError
 from ferseq.common.outputs import atomic_path
-from ferseq.frame_model import initial_weights
 from ferseq.frame_model.crops import ParquetCrops, index_face_rows
 from ferseq.frame_model.device_crops import decode_on_device
 from ferseq.frame_model.network import build_model, default_device, settings
@@ -175,8 +174,8 @@ def pretrain(faces_path: str | Path, images_path: str | Path, config: Mapping[st
 
     dev = default_device()
     on_device = decode_on_device(decode, dev)
-    init = initial_weights.choice(config, "pretrain")
-    started = initial_weights.describe(config, "pretrain", init_weights)
+    init = initialisation.choice(config, "pretrain")
+    started = initialisation.describe(config, "pretrain", init_weights)
     key = resume.fingerprint("pretrain", cfg, classes, dict(mapping), seed, resume.stamp(faces_path),
                              model_files.sha256(images_path), resume.stamp(init_weights) if init_weights else None,
                              dev.type, on_device)
