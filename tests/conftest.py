@@ -84,6 +84,27 @@ def _torch_seed(request) -> None:
     torch.manual_seed((int(base) + zlib.crc32(request.node.nodeid.encode())) % 2**63)
 
 
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads set to ``n`` while the block runs (on 2 shared cores, torch's spinning threads beside
+    another busy process slow a small step many-fold)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One torch thread for the test."""
+    with torch_threads(1):
+        yield
+
+
 @pytest.fixture
 def demo_annotations():
     return DEMO / "annotations.csv"

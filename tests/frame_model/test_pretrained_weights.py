@@ -57,7 +57,7 @@ def test_offline_without_cached_weights_names_key_backbone_and_ways_out(offline,
         pretrained_weights.check_obtainable("legacy_xception", tmp_path / "weights")
     message = str(err.value)
     assert "frame_model.init" in message and "'legacy_xception'" in message and "HF_HUB_OFFLINE" in message
-    assert "path of a checkpoint" in message and "false" in message
+    assert "path of a checkpoint" in message and "set it to none" in message
     with pytest.raises(ConfigError, match="frame_model.backbone: 'no_such_net'"):
         pretrained_weights.check_obtainable("no_such_net", tmp_path / "weights")
 
@@ -96,6 +96,14 @@ def test_an_offline_run_stops_before_any_job(offline, tmp_path):
     assert "frame_model.init: imagenet needs the ImageNet weights of backbone 'legacy_xception'" in output
     assert "Traceback" not in output
     assert not (tmp_path / "results").exists()  # no job ran
+    # the pretraining asks for them when the folds start from it: named as its key
+    config = write_config(tmp_path / "config.yaml", frame_model={"init": "pretrain", "input_size": 64},
+                          pretrain={"images": {"format": "folder", "path": str(tmp_path)}})
+    done = run_snakemake(tmp_path, "--configfile", str(config), "--cores", "1")
+    assert done.returncode != 0
+    output = done.stdout + done.stderr
+    assert "pretrain.init: imagenet needs the ImageNet weights of backbone 'legacy_xception'" in output
+    assert "or set pretrain.init to the path of a checkpoint file" in output
 
 
 def test_the_local_rule_writes_the_weights_from_the_cache(offline, tmp_path):

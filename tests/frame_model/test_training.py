@@ -30,7 +30,7 @@ import timm
 import torch
 import yaml
 
-from conftest import CLASSES, REPO, ferseq_log
+from conftest import CLASSES, REPO, ferseq_log, torch_threads
 from demo_faces import DemoFaces, demo_faces, make_config
 from ferseq.common import resume
 from ferseq.common.errors import ConfigError
@@ -312,24 +312,12 @@ with logs.step(args.pop("log")):  # as workflow/scripts/frame_model.py runs it
 """
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def reference(demo, tmp_path_factory) -> tuple[dict, dict]:
     """An uninterrupted run of the TINY training: its result and weights."""
     folder = tmp_path_factory.mktemp("reference")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         result = train(demo, folder, make_config(folder, **TINY))
-    finally:
-        torch.set_num_threads(threads)
     return result, network.read_checkpoint(folder / "model.pt")["state_dict"]
 
 

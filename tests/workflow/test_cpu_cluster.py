@@ -1,8 +1,8 @@
 """CPU-only clusters: the profile workflow/profiles/slurm-cpu submits every rule without a GPU request.
 
 Checked through the profile's dry run (what Snakemake would submit) and the SLURM plugin's own sbatch
-options, with every rule in the DAG that can ask for a GPU (the fine-tuning stage on); and the profile is
-kept equal to workflow/profiles/slurm apart from its GPU settings.
+options, with every rule in the DAG that can ask for a GPU (the fine-tuning and pretraining stages on); and the
+profile is kept equal to workflow/profiles/slurm apart from its GPU settings.
 """
 
 from __future__ import annotations
@@ -31,7 +31,10 @@ def sbatch_options(resources: dict[str, str]) -> str:
 
 
 def dry_run(tmp_path: Path, profile: Path) -> list[dict]:
-    config = write_config(tmp_path / "config.yaml", finetune={"enabled": True})
+    # the pretraining on an image folder (a dry run reads no image): its training job can ask for a GPU too
+    config = write_config(tmp_path / "config.yaml", finetune={"enabled": True}, frame_model__init="pretrain",
+                          pretrain={"images": {"format": "folder", "path": str(REPO / "tests" / "fixtures")},
+                                    "init": "none"})
     done = run_snakemake(tmp_path, "--configfile", str(config), "--profile", str(profile), "--dry-run")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return [job for job in parse_dry_run(done.stdout) if job["rule"] != "all"]

@@ -116,7 +116,8 @@ def slurm_dry_run(tmp_path_factory) -> list[dict]:
 def test_slurm_profile_dry_run_sizes_every_job(slurm_dry_run):
     jobs = slurm_dry_run
     rules, _ = workflow_rules({})
-    absent = {"import_annotations", "pretrained_weights", "finetune"}  # finetune: off in the demo config
+    # finetune and the pretraining: off in the demo config
+    absent = {"import_annotations", "pretrained_weights", "finetune", "pretrain_faces", "pretrain"}
     # the target is the top-level Snakefile's `default` (rule all's inputs): `all` itself is no job
     assert len(jobs) == 17 and {job["rule"] for job in jobs} == set(rules) - absent - {"all"}
     for job in jobs:

@@ -38,21 +38,36 @@ ferseq.common.config.check(config)
 FRAME_INIT = ferseq.common.initialisation.choice(config)
 PRETRAIN_INIT = ferseq.common.initialisation.choice(config, "pretrain")
 FRAME_INIT_TEXT = ferseq.common.initialisation.describe(config)
+# A checkpoint path of another architecture stops the run now, not in a job on a GPU node.
+# (pretrain.init only when the folds start from the pretraining.)
+_STARTS = {"frame_model": FRAME_INIT}
+if FRAME_INIT == "pretrain":
+    _STARTS["pretrain"] = PRETRAIN_INIT
+for _section, _init in _STARTS.items():
+    if ferseq.common.initialisation.is_path(_init) and workflow.is_main_process:
+        import ferseq.frame_model.initial_weights
+
+        try:
+            ferseq.frame_model.initial_weights.check_checkpoint(
+                _init, config["frame_model"], f"{_section}.init"
+            )
+        except ferseq.common.errors.ConfigError as err:
+            raise WorkflowError(str(err)) from None
 
 # ImageNet weights are the reference start. Checked once, in the process that plans the DAG, so
 # an offline run without the weights stops before any job; the jobs themselves (on nodes without
 # network) only read the weights file.
-if workflow.is_main_process and "imagenet" in (
-    FRAME_INIT,
-    PRETRAIN_INIT if FRAME_INIT == "pretrain" else None,
-):
+_IMAGENET = [section for section, init in _STARTS.items() if init == "imagenet"]
+if workflow.is_main_process and _IMAGENET:
     try:
         _source = ferseq.frame_model.pretrained_weights.check_obtainable(
-            config["frame_model"]["backbone"], config["frame_model"]["weights_dir"]
+            config["frame_model"]["backbone"],
+            config["frame_model"]["weights_dir"],
+            f"{_IMAGENET[0]}.init",
         )
     except ferseq.common.errors.ConfigError as err:
         raise WorkflowError(str(err)) from None
-    logger.info(f"frame_model.init: ImageNet weights from {_source}")
+    logger.info(f"{_IMAGENET[0]}.init: ImageNet weights from {_source}")
 
 
 # Checks of a run about to start on a cluster. (Snakemake runs the main Snakefile's onstart alone: used as

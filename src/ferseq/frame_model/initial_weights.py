@@ -27,6 +27,23 @@ def is_frame_checkpoint(path: str | Path) -> bool:
     return isinstance(checkpoint, dict) and "arch" in checkpoint and "state_dict" in checkpoint
 
 
+def check_architecture(theirs: dict, mine: dict, where: str) -> None:
+    """Fail unless two networks' ``arch`` have the same backbone and FC sizes (what the weights' shapes follow)."""
+    for part in ("backbone", "fc"):
+        if theirs[part] != mine[part]:
+            raise ConfigError(f"{where} is a network with {part} {theirs[part]}, but frame_model.{part} is "
+                              f"{mine[part]}: the weights cannot be carried over; use a checkpoint of the same "
+                              f"architecture, or set frame_model.{part} to {theirs[part]}")
+
+
+def check_checkpoint(path: str | Path, frame_model: dict, key: str = "frame_model.init") -> None:
+    """Before any job: a ferseq checkpoint given as ``key`` must be of ``frame_model``'s backbone and FC sizes (the
+    ``frame_model`` settings); a backbone's state dict is checked when the job loads it."""
+    if is_frame_checkpoint(path):
+        arch = torch.load(path, map_location="cpu", weights_only=True)["arch"]
+        check_architecture(arch, frame_model, f"{key}: the checkpoint {str(path)!r}")
+
+
 def load_network(model: torch.nn.Module, path: str | Path, key: str = "frame_model.init") -> bool:
     """Start ``model`` (a :class:`ferseq.frame_model.network.FrameModel`) from the ferseq checkpoint ``path``: its
     backbone and FC layers, and its classifier when both have the same classes (in order). Returns whether the
@@ -38,11 +55,7 @@ def load_network(model: torch.nn.Module, path: str | Path, key: str = "frame_mod
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     theirs, mine = checkpoint["arch"], model.arch
     where = f"{key}: the checkpoint {str(path)!r}"
-    for part in ("backbone", "fc"):
-        if theirs[part] != mine[part]:
-            raise ConfigError(f"{where} is a network with {part} {theirs[part]}, but frame_model.{part} is "
-                              f"{mine[part]}: the weights cannot be carried over; use a checkpoint of the same "
-                              f"architecture, or set frame_model.{part} to {theirs[part]}")
+    check_architecture(theirs, mine, where)
     state = dict(checkpoint["state_dict"])
     same_head = list(theirs["classes"]) == list(mine["classes"])
     if not same_head:  # another set of classes: the network is kept, the classifier starts anew

@@ -89,21 +89,22 @@ def reachable(backbone: str, timeout: float = 5.0) -> bool:
         return False
 
 
-def how_to_fix(backbone: str) -> str:
+def how_to_fix(backbone: str, key: str = "frame_model.init") -> str:
     kind, location = source(backbone)
     where = (f"the Hugging Face hub repository {location}" if kind == "hf-hub" else f"{location}")
     return (f"Ways out: run once on a machine with network (the local rule pretrained_weights writes the file "
             f"and the cluster only reads it); or put timm's file from {where} into timm's cache "
             f"({'$HF_HUB_CACHE' if kind == 'hf-hub' else '$TORCH_HOME/hub/checkpoints'}); or set "
-            "frame_model.init to the path of a checkpoint file; or set it to none (random initialisation, "
+            f"{key} to the path of a checkpoint file; or set it to none (random initialisation, "
             "not the reference method).")
 
 
-def check_obtainable(backbone: str, weights_dir: str | Path) -> str:
+def check_obtainable(backbone: str, weights_dir: str | Path, key: str = "frame_model.init") -> str:
     """Raise :class:`ConfigError` unless the backbone's ImageNet weights can be had; say how they will be.
 
     Nothing is downloaded here: the weights file exists, or timm's cache holds
-    them, or the host that serves them answers.
+    them, or the host that serves them answers. ``key``: the config key that asks
+    for them (``frame_model.init`` or ``pretrain.init``).
     """
     target = weights_path(weights_dir, backbone)
     if target.is_file():
@@ -113,9 +114,9 @@ def check_obtainable(backbone: str, weights_dir: str | Path) -> str:
         return f"timm's cache ({cached})"
     if reachable(backbone):
         return "a download by the local rule pretrained_weights"
-    raise ConfigError(f"frame_model.init: imagenet needs the ImageNet weights of backbone {backbone!r}: they are "
+    raise ConfigError(f"{key}: imagenet needs the ImageNet weights of backbone {backbone!r}: they are "
                       f"not in {target}, not in timm's cache, and there is no network here"
-                      f"{' (HF_HUB_OFFLINE is set)' if offline() else ''}. {how_to_fix(backbone)}")
+                      f"{' (HF_HUB_OFFLINE is set)' if offline() else ''}. {how_to_fix(backbone, key)}")
 
 
 def materialise(backbone: str, out_path: str | Path) -> Path:

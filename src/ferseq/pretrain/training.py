@@ -169,6 +169,12 @@ def pretrain(faces_path: str | Path, images_path: str | Path, config: Mapping[st
         raise PretrainDataError("pretraining: no val image with a face (early stopping needs some); raise "
                                 "pretrain.val_fraction or check the faces found (results/pretrain/images.parquet)")
     per_split = counts(kept, classes)
+    empty = [name for name, n in per_split["train"].items() if n == 0]
+    if empty:
+        raise PretrainDataError(f"pretraining: class(es) {empty} have no train image with a face (train images per "
+                                f"class: {per_split['train']}); drop them with pretrain.classes.map (map them to "
+                                "null, or leave them out of a map), or check the faces found "
+                                "(results/pretrain/images.parquet)")
     log.info("pretraining on %d classes %s: images with a face per split and class %s", len(classes), classes,
              per_split)
 

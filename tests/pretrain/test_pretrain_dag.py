@@ -91,3 +91,22 @@ def test_a_pretraining_without_images_or_with_a_missing_set_stops_the_dag_naming
     planned = run_snakemake(tmp_path, "--configfile", str(config), "-n")
     assert planned.returncode != 0
     assert f"pretrain.images.path: '{tmp_path / 'no_such_set'}' does not exist" in planned.stdout + planned.stderr
+
+
+def test_a_checkpoint_of_another_architecture_stops_the_dag_before_any_job(tmp_path):
+    from ferseq.frame_model import network
+
+    model = network.FrameModel("test_resnet", ["a", "b"], fc=[64, 32, 16], input_size=32)
+    network.save_checkpoint(tmp_path / "lab.pt", model)
+    frame = {**SMALL["frame_model"], "pretrained": None, "init": str(tmp_path / "lab.pt")}
+    config = write_config(tmp_path / "config.yaml", **{**SMALL, "frame_model": frame})
+    planned = run_snakemake(tmp_path, "--configfile", str(config), "-n")
+    assert planned.returncode != 0
+    assert (f"frame_model.init: the checkpoint '{tmp_path / 'lab.pt'}' is a network with backbone test_resnet, but "
+            "frame_model.backbone is legacy_xception") in planned.stdout + planned.stderr
+    # the same architecture plans, and the fold's frame model reads the checkpoint
+    config = write_config(tmp_path / "config.yaml", **{**SMALL, "frame_model": {
+        **frame, "backbone": "test_resnet", "input_size": 32, "fc": [64, 32, 16]}})
+    planned = run_snakemake(tmp_path, "--configfile", str(config), "-n", "results/folds/0/frame_model/model.pt")
+    assert planned.returncode == 0, planned.stdout[-2000:] + planned.stderr[-2000:]
+    assert "rule pretrained_weights" not in planned.stdout and "rule frame_model:" in planned.stdout

@@ -26,7 +26,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import CLASSES, ferseq_log, write_config
+from conftest import CLASSES, ferseq_log, torch_threads, write_config
 from demo_faces import DemoFaces, demo_faces, make_config
 from ferseq.common import config as config_check
 from ferseq.common.errors import ConfigError
@@ -91,24 +91,12 @@ def run_pretrain(image_set, folder: Path, config: dict, splits: Path | None = No
                              splits_path=splits, **kwargs)
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def reference(image_set, tmp_path_factory) -> tuple[Path, dict]:
     """An uninterrupted pretraining on the set's own classes (one torch thread): its folder and summary."""
     folder = tmp_path_factory.mktemp("reference")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         summary = run_pretrain(image_set, folder, pretrain_config(folder))
-    finally:
-        torch.set_num_threads(threads)
     return folder, summary
 
 
@@ -274,6 +262,14 @@ def test_images_of_a_study_test_person_stop_the_pretraining_naming_them(demo, im
     # people in a random order until a fifth of the images: without the last one taken, it was less
     largest = held["subject"].value_counts(normalize=True)[sorted(set(val["subject"]))].max()
     assert 0.2 <= len(val) / len(held) < 0.2 + largest
+    # a class whose images all lie in test cannot be learnt: named, with the way out
+    table = pd.read_parquet(tmp_path / "images.parquet")
+    table.loc[table["label"] == "pensive", "split"] = "test"
+    table.assign(subject=pd.NA).to_parquet(tmp_path / "images.parquet")
+    with pytest.raises(PretrainDataError, match=r"class\(es\) \['pensive'\] have no train image with a face .* "
+                                                r"pretrain.classes.map"):
+        training.pretrain(tmp_path / "faces.parquet", tmp_path / "images.parquet", config, tmp_path / "model.pt",
+                          tmp_path / "model.json", tmp_path / "metrics.csv", splits_path=demo.splits)
 
 
 def test_the_class_map_and_the_image_set_are_checked_against_the_set_and_the_study(tmp_path):
