@@ -275,7 +275,8 @@ def train_frame_model(faces: Mapping[str, str | Path], segments_path: str | Path
     model = build_model(config, init_weights)
     init = initialisation.choice(config)
     started = initialisation.describe(config, "frame_model", init_weights)
-    log.info("fold %s: the frame CNN starts from %s", fold, started)
+    log.info("fold %s: one face frame in %d of each segment (frame_stride); the frame CNN starts from %s", fold,
+             int(cfg["frame_stride"]), started)
     return fit(model, Examples(train_crops, train_y, val_crops, val_y), config, cfg, name=f"fold {fold}",
                stage="frame_model", fold=fold, out_model=out_model, out_metrics=out_metrics, resume_dir=resume_dir,
                key=key, on_device=on_device, params={"init": init, "initial_weights": str(init_weights or init)},
