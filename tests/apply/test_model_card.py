@@ -37,7 +37,7 @@ def write_evaluation(run):
              {"level": level, "class": "accuracy", "precision": None, "recall": None, "f1": acc, "support": 6}]
         ).to_csv(folder / "cnn_lstm.csv", mode="a", header=level == "window", index=False)
     common = {"versus": "", "p_value": None, "fold_std": 1.5, "units": 4, "items": 9, "split_unit": "subject",
-              "identity_leak": False, "cnn_below_landmarks_folds": 1, "folds": 2}
+              "identity_leak": False, "cnn_below_landmarks_folds": 1, "folds": 2, "confidence": 0.9}
     rows = [{"kind": "score", "method": "cnn_lstm", "name": "CNN-LSTM", "level": "segment", "metric": m,
              "value": v, "ci_low": v - 10, "ci_high": v + 10, "fold_mean": v, **common}
             for m, v in (("uar", 52.5), ("war", 61.0), ("macro_f1", 44.25))]
@@ -83,11 +83,11 @@ def test_the_card_gives_segment_scores_with_their_intervals_and_the_limits(tmp_p
         {"method": "cnn_lstm", "level": "window", "uar": 50.0, "war": 60.0, "macro_f1": 40.0, "support": 6},
         {"method": "cnn_lstm", "level": "segment", "uar": 55.0, "war": 65.0, "macro_f1": 45.0, "support": 6}]
     assert scores["limits"] == {"split_unit": "subject", "identity_leak": False, "cnn_below_landmarks_folds": 1,
-                                "folds": 2}
+                                "folds": 2, "confidence": 0.9}
     config = {"frame_model": {"pretrained": True}, "split": {"unit": "subject"}}
     card = model_card.render(a_manifest(tmp_path, config))
     assert "| CNN-LSTM | 52.50 [42.50, 62.50] | 61.00 [51.00, 71.00] | 44.25 [34.25, 54.25] |" in card
-    assert "bootstrap over the test people" in card
+    assert "with 90% intervals from a bootstrap over the test people" in card  # evaluation.confidence 0.9
     assert "| CNN-LSTM | segment | 55.00 | 65.00 | 45.00 | 6 |" in card  # this fold's own, two folds in the run
     assert "99.00" not in card and "7.00" not in card
     assert "| train | 2 | 2 | 3 | 90 |" in card and "| sad | 1 (20) | 0 (0) | 1 (35) |" in card

@@ -93,3 +93,21 @@ def test_a_difference_is_drawn_on_its_side_of_zero(tmp_path):
         assert len(xs) > 100
         x = np.median(xs)
         assert x > zero + 100 if value > 0 else x < zero - 100, (value, x, zero)
+
+
+def test_the_interval_labels_say_the_configured_confidence(tmp_path, monkeypatch):
+    labels = []
+    monkeypatch.setattr(plots, "_save", lambda fig, out: labels.append(fig.axes[0].get_xlabel()))
+    people = pd.DataFrame({"person": ["p0", "p1"], "a_segment_uar": [10.0, 20.0]})
+    scores = pd.DataFrame([{"method": "a", "level": "segment", "metric": "uar", "value": 15.0, "ci_low": 10.0,
+                            "ci_high": 20.0}])
+    rows = pd.DataFrame([{"name": "a vs b", "level": "segment", "metric": "uar", "value": 5.0, "ci_low": 1.0,
+                          "ci_high": 9.0, "p_value": 0.04}])
+    for confidence in (0.9, 0.975):
+        plots.plot_per_person(people, scores, {"a": "method A"}, "person", tmp_path / "pp.png", confidence)
+        plots.plot_differences(rows, tmp_path / "d.png", confidence=confidence)
+    assert labels == [
+        "segment-level UAR per test person (%); black: all pooled, with 90% interval",
+        "difference in UAR (percentage points), 90% interval",
+        "segment-level UAR per test person (%); black: all pooled, with 97.5% interval",
+        "difference in UAR (percentage points), 97.5% interval"]

@@ -149,11 +149,11 @@ def evaluation_scores(run: str | Path, fold: int) -> dict[str, Any]:
     """The evaluation's test scores, in percent, where the results folder has them.
 
     ``run``: rows ``kind == "score"`` at segment level of
-    ``evaluation/summary.csv`` (every fold pooled, with 95% intervals);
+    ``evaluation/summary.csv`` (every fold pooled, with intervals of ``evaluation.confidence``);
     ``fold``: each method's UAR, WAR and macro F1 per level from
     ``folds/{fold}/evaluation/{method}.csv``; ``limits``: what the summary
     says about the run (split unit, identity leak, folds where the CNN is
-    below the landmark baseline). Missing files give empty entries and a note.
+    below the landmark baseline, the intervals' confidence). Missing files give empty entries and a note.
     """
     run = Path(run)
     scores: dict[str, Any] = {"run": [], "fold": [], "limits": {}, "notes": []}
@@ -161,7 +161,7 @@ def evaluation_scores(run: str | Path, fold: int) -> dict[str, Any]:
     if summary_path.is_file():
         summary = pd.read_csv(summary_path)
         scores["limits"] = {key: _plain(summary[key].iloc[0]) for key in
-                            ("split_unit", "identity_leak", "cnn_below_landmarks_folds", "folds")
+                            ("split_unit", "identity_leak", "cnn_below_landmarks_folds", "folds", "confidence")
                             if key in summary.columns and len(summary)}
         if {"kind", "level", "metric", "value"} <= set(summary.columns):
             rows = summary[(summary["kind"] == "score") & (summary["level"] == "segment")]

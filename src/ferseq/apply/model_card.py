@@ -1,7 +1,7 @@
 """``MODEL_CARD.md`` of an exported bundle, written from its manifest (:mod:`ferseq.apply.manifest`) alone.
 
 What the model predicts, the data it was trained and tested on, its scores
-(with the evaluation's 95% intervals when the run has them), the faces
+(with the evaluation's intervals when the run has them), the faces
 settings, and the limits the run's summary states. Whatever the manifest
 does not record (an older run, no evaluation) is said to be missing, never guessed.
 """
@@ -135,9 +135,11 @@ def _scores(manifest: dict[str, Any], frame: dict, sequence: dict, baseline: dic
         for row in run_rows:
             table.setdefault(row.get("name") or row["method"], {})[row["metric"]] = row
         unit = (scores.get("limits") or {}).get("split_unit")
+        confidence = (scores.get("limits") or {}).get("confidence")
+        level = f"{100 * confidence:g}% intervals" if confidence else "intervals (of a level not recorded)"
         lines += ["", f"Test, every fold of the run pooled ({run_rows[0].get('folds', '?')} fold(s), each fold's "
-                  f"models on its own test part), segment level, percent, with 95% intervals from a bootstrap over the test "
-                  f"{UNIT_NOUNS.get(unit, 'units')}:", "",
+                  f"models on its own test part), segment level, percent, with {level} from a bootstrap over the "
+                  f"test {UNIT_NOUNS.get(unit, 'units')}:", "",
                   "| method | " + " | ".join(name for _, name in METRICS) + " |", "|---|" + "---:|" * len(METRICS)]
         lines += [f"| {name} | " + " | ".join(_interval(by.get(key, {})) for key, _ in METRICS) + " |"
                   for name, by in table.items()]

@@ -46,9 +46,15 @@ def plot_confusion(counts: dict[str, np.ndarray], classes: list[str], title: str
     _save(fig, out_png)
 
 
+def _level(confidence: float) -> str:
+    """An interval's coverage as its label says it: 0.95 -> "95%", 0.975 -> "97.5%"."""
+    return f"{100 * confidence:g}%"
+
+
 def plot_per_person(per_person: pd.DataFrame, scores: pd.DataFrame, names: dict[str, str], unit_noun: str,
-                    out_png: str | Path) -> None:
-    """Each test unit's segment-level UAR per method as dots, with the pooled UAR and its 95% interval."""
+                    out_png: str | Path, confidence: float = 0.95) -> None:
+    """Each test unit's segment-level UAR per method as dots, with the pooled UAR and its interval (of
+    ``confidence``, as the scores' intervals were computed)."""
     plt = _pyplot()
     methods = list(names)
     fig, ax = plt.subplots(figsize=(8, 1.2 + 0.55 * len(methods)))
@@ -63,16 +69,17 @@ def plot_per_person(per_person: pd.DataFrame, scores: pd.DataFrame, names: dict[
             ax.errorbar(value, row, xerr=[[value - low], [high - value]] if np.isfinite(low) else None, fmt="D",
                         color="black", ms=6, capsize=4, zorder=3)
     ax.set(yticks=range(len(methods)), yticklabels=[names[m] for m in methods], xlim=(-3, 103),
-           xlabel=f"segment-level UAR per test {unit_noun} (%); black: all pooled, with 95% interval")
+           xlabel=f"segment-level UAR per test {unit_noun} (%); black: all pooled, with {_level(confidence)} interval")
     ax.invert_yaxis()
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     _save(fig, out_png)
 
 
-def plot_differences(differences: pd.DataFrame, out_png: str | Path, metric: str = "uar") -> None:
-    """Forest plot: each paired difference of ``metric`` with its 95% interval and p-value, at segment level and at
-    the methods' own levels."""
+def plot_differences(differences: pd.DataFrame, out_png: str | Path, metric: str = "uar",
+                     confidence: float = 0.95) -> None:
+    """Forest plot: each paired difference of ``metric`` with its interval (of ``confidence``) and p-value, at
+    segment level and at the methods' own levels."""
     plt = _pyplot()
     rows = differences[differences["metric"] == metric]
     names = list(dict.fromkeys(rows["name"]))
@@ -96,7 +103,7 @@ def plot_differences(differences: pd.DataFrame, out_png: str | Path, metric: str
     ax.set_xlim(min(low, 0) - 0.05 * span, max(high, 0) + 0.2 * span)  # room for the p-values
     label = {"uar": "UAR", "war": "WAR", "macro_f1": "macro F1"}[metric]
     ax.set(yticks=range(len(names)), yticklabels=names,
-           xlabel=f"difference in {label} (percentage points), 95% interval")
+           xlabel=f"difference in {label} (percentage points), {_level(confidence)} interval")
     ax.invert_yaxis()
     ax.legend(fontsize=8, loc="best")
     ax.grid(axis="x", alpha=0.3)

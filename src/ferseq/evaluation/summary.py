@@ -294,7 +294,7 @@ def verdict_sentence(row: pd.Series, a: str, b: str, n_units: int, nouns: tuple[
     smallest = float(row["smallest_p"])
     alpha = round(1 - confidence, 12)  # 1 - 0.95 is 0.050000000000000044: p = 0.05 must not count as below it
     plural = nouns[1] if n_units != 1 else nouns[0]
-    stats = f"{round(100 * confidence)}% CI {_signed(low)} to {_signed(high)}; {_p(p)}"
+    stats = f"{100 * confidence:g}% CI {_signed(low)} to {_signed(high)}; {_p(p)}"
     difference = f"{a} − {b} is {_signed(value)} UAR points at segment level ({stats})"
     excludes_zero = np.isfinite(low) and (low > 0 or high < 0)
     significant = np.isfinite(p) and p < alpha
@@ -342,7 +342,7 @@ def _find(frame: pd.DataFrame, **keys: Any) -> pd.Series:
     return frame[mask].iloc[0]
 
 
-def fold_table(table: pd.DataFrame, pooled: Pooled, pct: int) -> list[str]:
+def fold_table(table: pd.DataFrame, pooled: Pooled, pct: str) -> list[str]:
     """The Markdown lines of the per-fold scores: segment UAR and WAR of each method on each fold, their mean and
     sample standard deviation, beside the pooled score with its interval."""
     folds = pooled.folds
@@ -373,7 +373,7 @@ def markdown(table: pd.DataFrame, pooled: Pooled, split_summary: pd.DataFrame, u
     for k, (a, b) in enumerate(predictions.pairs(pooled.names)[:2]):
         row = _find(diffs, method=a, versus=b, level="segment", metric="uar")
         verdict.append(verdict_sentence(row, names[a], names[b], int(row["units"]), nouns, folds, confidence, k == 0))
-    pct = round(100 * confidence)
+    pct = f"{100 * confidence:g}"  # as the plots say it: 95, 97.5
     lines = ["# ferseq evaluation summary", "", "**Verdict.** " + " ".join(verdict), "", baseline_note(below, folds), ""]
     scheme = str(split_summary["scheme"].iloc[0]) if "scheme" in split_summary else ""
     how = f" ({scheme})" if scheme else ""
@@ -501,8 +501,8 @@ def summarize(prediction_files: Sequence[str | Path], split_summary: str | Path,
     with atomic_path(outputs["per_person"]) as tmp:
         people.to_csv(tmp, index=False, float_format="%.2f")
     plots.plot_per_person(people, table[table["kind"] == "score"], pooled.names, nouns[0],
-                                     outputs["per_person_png"])
-    plots.plot_differences(table[table["kind"] == "difference"], outputs["differences_png"])
+                                     outputs["per_person_png"], confidence=confidence)
+    plots.plot_differences(table[table["kind"] == "difference"], outputs["differences_png"], confidence=confidence)
     with atomic_path(outputs["md"]) as tmp:
         tmp.write_text(markdown(table, pooled, splits, unit, leak, below, resamples, confidence, normalise,
                                 initialised_from))
