@@ -89,6 +89,34 @@ def bare_fps(model: FrameModel, optimizer: torch.optim.Optimizer, batches: list[
     return sum(len(images) for images, _ in batches) / (time.perf_counter() - started)
 
 
+def loop_against_bare(model: FrameModel, batches, images: list[torch.Tensor], labels: np.ndarray, batch: int,
+                      lr: float, weights: torch.Tensor, dev: torch.device, repeat: int
+                      ) -> tuple[list[float], dict[str, list[float]], str, float]:
+    """Frames per second of the loop over ``batches`` and of bare train steps on the same ``images`` (decoded
+    uint8 crops) and ``labels``, already on the device, with copies of ``model`` in both memory layouts; after one
+    warm-up, ``repeat`` runs interleaved so that a change in machine load hits both alike. Returns the loop's runs,
+    each layout's runs, the faster layout and the median of the per-run ratios loop / that layout."""
+    optimizer = optimizer_for(model, lr, dev)
+    bare_models = {}
+    for layout, fmt in (("default", torch.contiguous_format), ("channels_last", torch.channels_last)):
+        bare = copy.deepcopy(model).to(memory_format=fmt)
+        bare.memory_format = fmt
+        bare_models[layout] = (bare, optimizer_for(bare, lr, dev))
+    stacked, y = torch.stack(images).to(dev), torch.as_tensor(labels).to(dev)
+    ready = [(stacked[i:i + batch], y[i:i + batch]) for i in range(0, len(images), batch)]
+
+    loop_fps(model, batches, batch, optimizer, weights, dev)  # warm-up: workers start, allocator and kernels settle
+    for bare, opt in bare_models.values():
+        bare_fps(bare, opt, ready[:2], weights, dev)
+    loop, bare_runs = [], {layout: [] for layout in bare_models}
+    for _ in range(repeat):
+        loop.append(loop_fps(model, batches, batch, optimizer, weights, dev))
+        for layout, (bare, opt) in bare_models.items():
+            bare_runs[layout].append(bare_fps(bare, opt, ready, weights, dev))
+    fastest = max(bare_runs, key=lambda layout: statistics.median(bare_runs[layout]))
+    return loop, bare_runs, fastest, statistics.median(s / b for s, b in zip(loop, bare_runs[fastest]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("faces", nargs="?", type=Path, help="a faces Parquet file (default: made from a demo clip)")
@@ -122,27 +150,10 @@ def main() -> None:
                             decode_on_device(decode, dev))
 
     model = to_device(FrameModel(args.backbone, CLASSES, input_size=args.size), dev)
-    optimizer = optimizer_for(model, 1e-4, dev)
-    bare_models = {}
-    for layout, fmt in (("default", torch.contiguous_format), ("channels_last", torch.channels_last)):
-        bare = copy.deepcopy(model).to(memory_format=fmt)
-        bare.memory_format = fmt
-        bare_models[layout] = (bare, optimizer_for(bare, 1e-4, dev))
     # Different images every step, as the loop sees them (one batch over and over trained slower on the CPU).
-    images = torch.stack([crops.to_tensor(crops.decode(c.as_py(), args.size)) for c in encoded.chunk(0)]).to(dev)
-    y = torch.as_tensor(labels).to(dev)
-    ready = [(images[i:i + args.batch], y[i:i + args.batch]) for i in range(0, n, args.batch)]
-
-    loop_fps(model, batches, args.batch, optimizer, weights, dev)  # warm-up: workers start, allocator and kernels settle
-    for bare, opt in bare_models.values():
-        bare_fps(bare, opt, ready[:2], weights, dev)
-    loop, bare_runs = [], {layout: [] for layout in bare_models}
-    for _ in range(args.repeat):  # interleaved, so that a change in machine load hits both alike
-        loop.append(loop_fps(model, batches, args.batch, optimizer, weights, dev))
-        for layout, (bare, opt) in bare_models.items():
-            bare_runs[layout].append(bare_fps(bare, opt, ready, weights, dev))
-    fastest = max(bare_runs, key=lambda layout: statistics.median(bare_runs[layout]))
-    ratio = statistics.median(s / b for s, b in zip(loop, bare_runs[fastest]))
+    images = [crops.to_tensor(crops.decode(c.as_py(), args.size)) for c in encoded.chunk(0)]
+    loop, bare_runs, fastest, ratio = loop_against_bare(model, batches, images, labels, args.batch, 1e-4, weights, dev,
+                                                        args.repeat)
     print(f"device {dev.type} ({torch.cuda.get_device_name() if dev.type == 'cuda' else 'CPU'}), torch threads "
           f"{torch.get_num_threads()}, backbone {args.backbone}, size {args.size}, batch {args.batch}, {args.batches} "
           f"steps a run, {args.workers} workers, loop layout {model.memory_format}, decode {args.decode}")

@@ -40,7 +40,6 @@ frames per second, against the faster of the two bare layouts (channels_last on 
 from __future__ import annotations
 
 import argparse
-import copy
 import math
 import statistics
 import sys
@@ -57,12 +56,12 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from features import DEFAULT_VIDEO, make_faces  # noqa: E402  (benchmarks/features.py)
-from frame_model import bare_fps, loop_fps  # noqa: E402  (benchmarks/frame_model.py)
+from frame_model import loop_against_bare  # noqa: E402  (benchmarks/frame_model.py)
 from ferseq.faces.face_extraction import NoFaceError  # noqa: E402
 from ferseq.frame_model import crops  # noqa: E402
 from ferseq.frame_model.device_crops import decode_on_device  # noqa: E402
 from ferseq.frame_model.network import build_model, default_device, to_device  # noqa: E402
-from ferseq.frame_model.training import class_weights, frame_batches, optimizer_for  # noqa: E402
+from ferseq.frame_model.training import class_weights, frame_batches  # noqa: E402
 from ferseq.pretrain.image_faces import extract_image_faces  # noqa: E402
 from ferseq.pretrain.image_sets import read_image_set  # noqa: E402
 from ferseq.pretrain.training import class_map, examples, hold_out, pretrain_settings  # noqa: E402
@@ -169,32 +168,14 @@ def main() -> None:
 
     torch.manual_seed(SEED)
     model = to_device(build_model(config, None, section="pretrain", classes=classes), dev)
-    optimizer = optimizer_for(model, float(cfg["lr"]), dev)
-    bare_models = {}
-    for layout, fmt in (("default", torch.contiguous_format), ("channels_last", torch.channels_last)):
-        bare = copy.deepcopy(model).to(memory_format=fmt)
-        bare.memory_format = fmt
-        bare_models[layout] = (bare, optimizer_for(bare, float(cfg["lr"]), dev))
     # the same crops, decoded beforehand: every unit of the train crops read, the first n kept
     encoded = []
     for unit in range(len(train_crops.starts) - 1):
         _, flat, offsets = train_crops.read(unit)
         encoded += [flat[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
-    encoded = encoded[:n]
-    images = torch.stack([crops.to_tensor(crops.decode(c, args.size)) for c in encoded]).to(dev)
-    y = torch.as_tensor(labels).to(dev)
-    ready = [(images[i:i + batch], y[i:i + batch]) for i in range(0, n, batch)]
-
-    loop_fps(model, batches, batch, optimizer, weights, dev)  # warm-up: workers start, allocator and kernels settle
-    for bare, opt in bare_models.values():
-        bare_fps(bare, opt, ready[:2], weights, dev)
-    loop, bare_runs = [], {layout: [] for layout in bare_models}
-    for _ in range(args.repeat):  # interleaved, so that a change in machine load hits both alike
-        loop.append(loop_fps(model, batches, batch, optimizer, weights, dev))
-        for layout, (bare, opt) in bare_models.items():
-            bare_runs[layout].append(bare_fps(bare, opt, ready, weights, dev))
-    fastest = max(bare_runs, key=lambda layout: statistics.median(bare_runs[layout]))
-    ratio = statistics.median(s / b for s, b in zip(loop, bare_runs[fastest]))
+    images = [crops.to_tensor(crops.decode(c, args.size)) for c in encoded[:n]]
+    loop, bare_runs, fastest, ratio = loop_against_bare(model, batches, images, labels, batch, float(cfg["lr"]),
+                                                        weights, dev, args.repeat)
 
     def runs(values: list[float]) -> str:
         return f"{statistics.median(values):.1f} (runs: {', '.join(f'{x:.1f}' for x in values)})"

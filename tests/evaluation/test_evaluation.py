@@ -11,7 +11,7 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support, recall_score
 
-from ferseq.evaluation import fold_scores, metrics, predictions, summary, uncertainty
+from ferseq.evaluation import fold_scores, metrics, predictions, summary
 from ferseq.sequence_model import classifier
 from ferseq.sequences import windows
 

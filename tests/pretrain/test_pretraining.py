@@ -11,9 +11,6 @@ with ``detector: none`` (the images are crops already).
 from __future__ import annotations
 
 import json
-import logging
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -262,6 +259,9 @@ def test_images_of_a_study_test_person_stop_the_pretraining_naming_them(demo, im
     # people in a random order until a fifth of the images: without the last one taken, it was less
     largest = held["subject"].value_counts(normalize=True)[sorted(set(val["subject"]))].max()
     assert 0.2 <= len(val) / len(held) < 0.2 + largest
+    # one person: stratified by class instead (that person cannot be in train and val at once)
+    alone = training.hold_out(people.assign(subject="p0"), 0.2, seed=1)
+    assert (alone.groupby("label")["split"].apply(lambda s: (s == "val").mean()).between(0.1, 0.3)).all()
     # a class whose images all lie in test cannot be learnt: named, with the way out
     table = pd.read_parquet(tmp_path / "images.parquet")
     table.loc[table["label"] == "pensive", "split"] = "test"

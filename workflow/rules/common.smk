@@ -34,7 +34,7 @@ except WorkflowError:
 ferseq.common.config.check(config)
 
 # Where the folds' frame CNNs start (frame_model.init, or its older spelling pretrained) and where
-# the pretraining starts when they start from it (ferseq.frame_model.initial_weights).
+# the pretraining starts when they start from it (ferseq.common.initialisation).
 FRAME_INIT = ferseq.common.initialisation.choice(config)
 PRETRAIN_INIT = ferseq.common.initialisation.choice(config, "pretrain")
 FRAME_INIT_TEXT = ferseq.common.initialisation.describe(config)
@@ -45,7 +45,7 @@ if FRAME_INIT == "pretrain":
     _STARTS["pretrain"] = PRETRAIN_INIT
 for _section, _init in _STARTS.items():
     if ferseq.common.initialisation.is_path(_init) and workflow.is_main_process:
-        import ferseq.frame_model.initial_weights
+        import ferseq.frame_model.initial_weights  # (torch: imported only when a path is given)
 
         try:
             ferseq.frame_model.initial_weights.check_checkpoint(

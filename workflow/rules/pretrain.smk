@@ -5,8 +5,14 @@ if config["pretrain"].get("images"):
 
     rule pretrain_faces:
         input:
-            # the image set (its folder or listing file): a changed set reruns the stage
+            # the image set (its folder or listing file; FERPlus's FER2013 pixels when named): a changed
+            # set reruns the stage
             images=local(config["pretrain"]["images"]["path"]),
+            fer2013=(
+                [local(config["pretrain"]["images"]["fer2013_csv"])]
+                if config["pretrain"]["images"].get("fer2013_csv")
+                else []
+            ),
         output:
             faces="results/pretrain/faces.parquet",
             images="results/pretrain/images.parquet",

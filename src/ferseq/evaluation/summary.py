@@ -346,7 +346,7 @@ def fold_table(table: pd.DataFrame, pooled: Pooled, pct: str) -> list[str]:
     """The Markdown lines of the per-fold scores: segment UAR and WAR of each method on each fold, their mean and
     sample standard deviation, beside the pooled score with its interval."""
     folds = pooled.folds
-    lines = [f"## Per fold (segment level, percent: each fold's test part, the mean and sample standard deviation "
+    lines = ["## Per fold (segment level, percent: each fold's test part, the mean and sample standard deviation "
              "over folds as papers report them, and all folds pooled)", "",
              "| method | metric | " + " | ".join(f"fold {k}" for k in folds)
              + f" | mean ± sd | pooled [{pct}% interval] |",

@@ -69,15 +69,17 @@ def class_map(config: Mapping[str, Any], labels: Sequence[str]) -> tuple[list[st
 
 def hold_out(table: pd.DataFrame, fraction: float, seed: int) -> pd.DataFrame:
     """``table`` with a val split when the set names none: ``fraction`` of the train images, whole people when
-    every image names its person, else stratified by class (at least one image of a class with two or more)."""
+    every image names its person and there are several, else stratified by class (at least one image of a class
+    with two or more)."""
     table = table.copy()
     table["split"] = table["split"].fillna("train")
     if (table["split"] == "val").any():
         return table
     rng = np.random.default_rng(seed)
     train = table.index[table["split"] == "train"]
-    if table.loc[train, "subject"].notna().all():
-        people = table.loc[train, "subject"].astype(str)
+    people = table.loc[train, "subject"]
+    if people.notna().all() and people.nunique() > 1:  # (one person cannot be both train and val)
+        people = people.astype(str)
         sizes = people.value_counts().sort_index()
         order = rng.permutation(sizes.index.to_numpy())
         counts = sizes.loc[order].cumsum()
