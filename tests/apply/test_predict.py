@@ -287,8 +287,9 @@ def expected_windows(face_frames: np.ndarray, per_frame: dict[str, np.ndarray], 
                      model, normalise: str, length: int = 16) -> np.ndarray:
     """The sequence model's probabilities (n, C) of the window ending at every ``stride``-th sequence position from
     the first full window on (NaN elsewhere). ``repeat``: every frame is a position and reads the last face frame at
-    or before it (the first face frame before any); ``drop``: the face frames are the positions. ``subject``: each
-    embedding minus the median embedding of the video's face frames."""
+    or before it (the first face frame before any), and a window none of whose frames has a face is not scored;
+    ``drop``: the face frames are the positions. ``subject``: each embedding minus the median embedding of the
+    video's face frames."""
     x = per_frame["embedding"].astype(np.float64)
     if normalise == "subject":
         x = x - np.median(x, axis=0)
@@ -300,6 +301,8 @@ def expected_windows(face_frames: np.ndarray, per_frame: dict[str, np.ndarray], 
     out = np.full((n, len(CLASSES)), np.nan)
     with torch.inference_mode():
         for end in range(length - 1, len(positions), stride):
+            if policy == "repeat" and not any(positions[end] - length < f <= positions[end] for f in face_frames):
+                continue
             window = torch.tensor(x[source[end - length + 1:end + 1]][None], dtype=torch.float32)
             out[positions[end]] = model(window).softmax(dim=1).numpy()[0]
     return out
@@ -347,6 +350,9 @@ def test_stride_scores_every_third_window_with_the_selected_model(gaps):
     assert np.allclose(lstm[scored], expected[scored], atol=1e-5) and np.isnan(lstm[~scored]).all()
     assert table.loc[scored, "cnn_lstm_label"].tolist() == [CLASSES[i] for i in expected[scored].argmax(1)]
     assert table.loc[~scored, "cnn_lstm_label"].isna().all()
+    # No window is scored once the face has been gone for a whole window (16 frames): no label long after it left.
+    last_face = int(table.index[table["face_found"]].max())
+    assert scored[last_face:last_face + 16].any() and not scored[last_face + 16:].any()
     # The segments are runs of the scored windows' labels, each held until the next scored window (3 frames):
     # with --stride they are as long as without it, not cut into one-frame runs that --min-segment drops.
     held = np.full(len(table), -1)

@@ -251,7 +251,8 @@ def window_probs(per_frame: dict[str, np.ndarray], face_frames: np.ndarray, n_fr
 
     The frames are one segment of the whole video: windows are built as the
     windows stage builds them (``missing_face``), end at every ``stride``-th
-    position from the first full window on, and each is scored by ``model``.
+    position from the first full window on, and each is scored by ``model``,
+    except, with ``repeat``, a window in which no frame has a face.
     """
     import torch
 
@@ -262,6 +263,12 @@ def window_probs(per_frame: dict[str, np.ndarray], face_frames: np.ndarray, n_fr
         return out
     inputs = windows.inputs({name: per_frame[name] for name in windows.FEATURE_COLUMNS[feature_kind]}, feature_kind)
     ends = np.arange(length - 1, len(rows), stride)
+    if policy == "repeat":
+        # A window with no face frame of its own (the face gone for a whole window, or not seen yet) would only
+        # repeat a face from outside it, labelling the video long after the face has left: it is not scored.
+        # (The workflow's windows lie inside annotated segments, whose gaps are short.)
+        last, first = frames[ends], frames[ends - length + 1]
+        ends = ends[np.searchsorted(face_frames, last, side="right") > np.searchsorted(face_frames, first)]
     with torch.inference_mode():
         for start in range(0, len(ends), batch):
             chunk = ends[start:start + batch]
