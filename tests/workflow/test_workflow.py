@@ -201,7 +201,8 @@ def test_unknown_config_key_is_named(tmp_path):
     config.write_text(yaml.safe_dump(data))
     done = run_snakemake(tmp_path, "--configfile", str(config), "-n")
     assert done.returncode != 0
-    assert "  data: Additional properties are not allowed ('strcit' was unexpected)" in done.stdout + done.stderr
+    assert ("  data: Additional properties are not allowed ('strcit' was unexpected); did you mean 'strict'?"
+            in done.stdout + done.stderr)
 
 
 def test_bad_config_value_is_named(tmp_path):

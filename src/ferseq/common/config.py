@@ -29,8 +29,25 @@ def explain(config: dict[str, Any], schema: str | Path) -> str:
     lines = []
     for error in sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path))):
         key = ".".join(_part(p) for p in error.absolute_path) or "(top level)"
-        lines.append(f"  {key}: {error.message}")
+        lines.append(f"  {key}: {error.message}{_known_keys(error)}")
     return "config problems (keys and values are described in workflow/schemas/config.schema.yaml):\n" + "\n".join(lines)
+
+
+def _known_keys(error: Any) -> str:
+    """For a key the schema does not know (a typo, or another version's key): the nearest known key, or the
+    known ones."""
+    import difflib
+
+    known = sorted(error.schema.get("properties") or {})
+    if error.validator != "additionalProperties" or not known or not isinstance(error.instance, dict):
+        return ""
+    unknown = [name for name in error.instance if name not in known]
+    near = {name: difflib.get_close_matches(str(name), known, n=1, cutoff=0.6) for name in unknown}
+    if len(near) == 1 and all(near.values()):
+        return f"; did you mean {next(iter(near.values()))[0]!r}?"
+    if all(near.values()):
+        return "; did you mean " + ", ".join(f"{match[0]!r} for {name!r}" for name, match in near.items()) + "?"
+    return f"; the keys known here: {', '.join(known)}"
 
 
 def _part(key: Any) -> str:
