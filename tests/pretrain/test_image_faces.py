@@ -1,4 +1,5 @@
-"""Pretraining faces on real images: the crops the faces stage makes, in image order, chunked, parallel, resumable.
+"""Pretraining faces on real images: the crops the faces stage makes, in a seeded random order, chunked, parallel,
+resumable.
 
 The images are the test stills (tests/fixtures), frames of the demo clips (a title frame without a face among
 them) and a plain grey image, in small :class:`ImageSet` s built here over images in memory or PNG files in
@@ -25,7 +26,7 @@ from ferseq.faces.detection import central_face, make_detector
 from ferseq.faces.face_extraction import DEFAULTS, ROWS_PER_GROUP, find_face, parquet_schema
 from ferseq.faces.face_tracking import Face
 from ferseq.frame_model.crops import ParquetCrops, decode, index_face_rows
-from ferseq.pretrain.image_faces import extract_image_faces
+from ferseq.pretrain.image_faces import extract_image_faces, file_order
 from ferseq.pretrain.image_sets import ImageSet, ImageSetError
 
 VIDEOS = DEMO / "videos"
@@ -136,6 +137,8 @@ def test_hog_finds_the_faces_and_makes_the_faces_stage_crops(tmp_path):
 
     faces = pq.read_table(out_faces).to_pandas()
     assert pq.read_schema(out_faces).equals(parquet_schema(cfg), check_metadata=False)
+    assert faces["segment_id"].tolist() == file_order(table)["image_id"].tolist() != list(range(6))
+    faces = faces.sort_values("segment_id").reset_index(drop=True)
     assert faces["segment_id"].tolist() == list(range(6)) and faces["frame"].tolist() == [0] * 6
     assert faces["face_found"].tolist() == [True, False, True, True, False, True]
     for row, image in zip(faces.itertuples(), images):  # each row is its own image's face and crop
@@ -167,10 +170,10 @@ def test_training_reads_the_faces_by_image_id(tmp_path):
     images = MemorySet([GREY, *twelve_frames()[:5]], ["neutral"] * 6)
     _, out_faces, _ = run(images.set, DEFAULTS, tmp_path)
     rows = index_face_rows([out_faces])
-    assert rows.segment_id.tolist() == [1, 2, 3, 4, 5] and rows.frame.tolist() == [0] * 5
+    assert sorted(rows.segment_id.tolist()) == [1, 2, 3, 4, 5] and rows.frame.tolist() == [0] * 5
     _, data, offsets = ParquetCrops(rows).read(0)
-    read = [bytes(data[offsets[i]:offsets[i + 1]]) for i in range(len(rows))]
-    assert read == [expected_crop(image, DEFAULTS)[1] for image in twelve_frames()[:5]]
+    read = {int(image_id): bytes(data[offsets[i]:offsets[i + 1]]) for i, image_id in enumerate(rows.segment_id)}
+    assert read == {i: expected_crop(image, DEFAULTS)[1] for i, image in enumerate(twelve_frames()[:5], start=1)}
 
 
 def precropped(count: int, side: int = 112) -> list[np.ndarray]:
@@ -189,9 +192,11 @@ def test_detector_none_keeps_every_pre_cropped_face_in_row_groups_of_256(tmp_pat
     assert row_groups(out_faces) == [ROWS_PER_GROUP, 300 - ROWS_PER_GROUP]
     _, one_part, _ = run(MemorySet(images, ["sadness"] * 300).set, cfg, tmp_path / "b", chunk=1000)
     assert_same_file(out_faces, one_part)
-    crops = pq.read_table(out_faces, columns=["crop"])["crop"].to_pylist()
-    for i in (0, 99, 100, 255, 256, 299):  # images in their order across parts and row groups
-        assert crops[i] == expected_crop(images[i], cfg)[1]
+    faces = pq.read_table(out_faces, columns=["segment_id", "crop"])
+    ids, crops = faces["segment_id"].to_pylist(), faces["crop"].to_pylist()
+    assert sorted(ids) == list(range(300))
+    for i in (0, 99, 100, 255, 256, 299):  # each row its own image's crop, across parts and row groups
+        assert crops[i] == expected_crop(images[ids[i]], cfg)[1]
     assert decode(crops[0], 64).shape == (64, 64, 3)
 
 
@@ -201,6 +206,17 @@ def test_hog_misses_a_tight_crop_that_detector_none_keeps(tmp_path):
         run(MemorySet([crop], ["sadness"]).set, DEFAULTS, tmp_path)
     table, _, _ = run(MemorySet([crop], ["sadness"]).set, {**DEFAULTS, "detector": "none"}, tmp_path)
     assert table["face_found"].tolist() == [True]
+
+
+def test_the_file_order_is_a_seeded_shuffle_that_mixes_the_classes_in_every_row_group():
+    # A set listed by class, as the public releases are: 300 of one class, then 300 of another.
+    listed = table_of(["anger"] * 300 + ["happiness"] * 300)
+    order = file_order(listed)
+    assert sorted(order["image_id"]) == list(range(600))
+    pd.testing.assert_frame_equal(order, file_order(listed.iloc[::-1]))  # whatever order the set listed them in
+    for start in range(0, 600 - ROWS_PER_GROUP + 1, ROWS_PER_GROUP):  # each whole row group: both classes, mixed
+        share = (order["label"].iloc[start:start + ROWS_PER_GROUP] == "anger").mean()
+        assert 0.35 < share < 0.65, (start, share)
 
 
 # --- parallel and resumed -------------------------------------------------------------------------------------
@@ -222,33 +238,44 @@ def test_two_workers_write_the_same_file_as_one(tmp_path):
     assert row_groups(out_one) == [13]
 
 
+def chunks_of(labels: list[str], size: int) -> list[list[int]]:
+    """The image ids of each chunk of ``size``: consecutive slices of the file's order."""
+    order = file_order(table_of(labels))["image_id"].tolist()
+    return [order[start:start + size] for start in range(0, len(order), size)]
+
+
 def test_a_rerun_computes_only_the_chunks_that_failed(tmp_path):
     images, cfg = twelve_frames(), {**DEFAULTS, "jpeg_quality": 90}
     _, reference, _ = run(MemorySet(images, TWELVE_LABELS).set, cfg, tmp_path / "reference", chunk=3)
     out, partial = tmp_path / "out", tmp_path / "out" / ".faces.parquet.partial"
+    chunks = chunks_of(TWELVE_LABELS, 3)
+    bad = next(index for index, chunk in enumerate(chunks) if 7 in chunk)  # the chunk holding image 7
+    # each chunk's images in the file's order; the bad chunk's until image 7
+    loads = [image for chunk in chunks for image in (chunk[:chunk.index(7) + 1] if 7 in chunk else chunk)]
+    kept = [f"{index:06d}" for index in range(4) if index != bad]
 
     failing = MemorySet(images, TWELVE_LABELS, bad=frozenset({7}))
     with pytest.raises(ImageSetError, match=r"1 chunk\(s\) of 3 images stopped .*\n  img/007.png: cannot be decoded"):
         run(failing.set, DEFAULTS, out, chunk=3)
-    assert failing.loaded == [0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11]  # chunk 2 stopped at image 7, chunk 3 still ran
+    assert failing.loaded == loads  # the chunk stopped at image 7, the others still ran
     assert not (out / "faces.parquet").exists() and not (out / "images.parquet").exists()
     first = sorted(p.name for p in partial.iterdir())
-    assert [name[:6] for name in first] == ["000000", "000001", "000003"]
+    assert [name[:6] for name in first] == kept
 
     # other settings (jpeg_quality): none of those parts is theirs; they are replaced, not reused
     failing = MemorySet(images, TWELVE_LABELS, bad=frozenset({7}))
     with pytest.raises(ImageSetError, match="img/007.png"):
         run(failing.set, cfg, out, chunk=3)
-    assert failing.loaded == [0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11]
+    assert failing.loaded == loads
     second = sorted(p.name for p in partial.iterdir())
-    assert [name[:6] for name in second] == ["000000", "000001", "000003"] and not set(first) & set(second)
+    assert [name[:6] for name in second] == kept and not set(first) & set(second)
 
-    (partial / "000002-0123456789abcdef.parquet").write_bytes(b"not a part")  # another digest's: never read
-    (partial / ".000002-x.parquet.tmp123").write_bytes(b"")  # what a killed run leaves
+    (partial / f"{bad:06d}-0123456789abcdef.parquet").write_bytes(b"not a part")  # another digest's: never read
+    (partial / f".{bad:06d}-x.parquet.tmp123").write_bytes(b"")  # what a killed run leaves
     fixed = MemorySet(images, TWELVE_LABELS)
     with ferseq_log() as messages:
         table, out_faces, _ = run(fixed.set, cfg, out, chunk=3)
-    assert fixed.loaded == [6, 7, 8]
+    assert fixed.loaded == chunks[bad]
     assert "12 images in 4 chunks of 3, detector hog, 1 worker(s); 3 chunks reused from an earlier run" in messages
     assert_same_file(out_faces, reference)
     assert table["face_found"].all() and not partial.exists()

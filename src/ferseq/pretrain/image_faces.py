@@ -6,11 +6,19 @@
 the crop the faces stage makes of a video frame where it detects. It writes two files:
 
 - the faces file: the faces stage's Parquet schema (:func:`ferseq.faces.face_extraction.parquet_schema`), one row
-  per image in ``image_id`` order with ``segment_id`` = ``image_id`` and ``frame`` = 0, in row groups of
-  256 rows; an image without a face has ``face_found`` false and null box, landmarks and crop. Training reads it
-  as it reads the videos' faces (:func:`ferseq.frame_model.crops.index_face_rows`).
-- the label table: the image set's table (image_id, name, label, subject, split) plus ``face_found`` and
-  ``det_score`` (NaN without a face): the pretraining's labels and its detection QC.
+  per image with ``segment_id`` = ``image_id`` and ``frame`` = 0, in row groups of 256 rows, the images in a
+  seeded random order (:func:`file_order`); an image without a face has ``face_found`` false and null box,
+  landmarks and crop. Training reads it as it reads the videos' faces
+  (:func:`ferseq.frame_model.crops.index_face_rows`).
+- the label table, in ``image_id`` order: the image set's table (image_id, name, label, subject, split) plus
+  ``face_found`` and ``det_score`` (NaN without a face): the pretraining's labels and its detection QC.
+
+Why the random order: training streams whole row groups, a block of them at a time
+(:class:`ferseq.frame_model.crops.StreamBatches`), and the public sets list their images by class. Row groups of
+one class each would make every block, and so every stretch of batches, lean to a few classes, and the network
+would follow the last block's classes (on FER2013, class-sorted groups in blocks of 16 left the network predicting
+mostly one class after 9,600 images, where a full shuffle did not). A random order makes each group a sample of
+the whole set.
 
 The images go in chunks of ``chunk`` images, each written to a part file of a partial folder (by one process, or
 by a pool of forked processes) named by the chunk's index and a digest of its rows and the settings, so a job that
@@ -46,7 +54,8 @@ log = logging.getLogger(__name__)
 
 LOG_EVERY = 1000  # images between progress lines
 LOW_RATE = 0.5  # a detection rate below this is warned about
-PARTIAL_VERSION = 1  # bump when the faces of the same images and settings change
+PARTIAL_VERSION = 2  # bump when the faces of the same images and settings change (2: the file's random order)
+ORDER_SEED = 0  # the file's order depends on the images only: a new config seed does not redo the faces
 # Settings that do not change an image's row: those the video faces stage ignores in its files, and detect_every
 # (every image gets a full detection).
 NOT_IN_OUTPUT = (*batch_plan.NOT_IN_OUTPUT, "detect_every")
@@ -54,7 +63,7 @@ NOT_IN_OUTPUT = (*batch_plan.NOT_IN_OUTPUT, "detect_every")
 
 @dataclass
 class _Job:
-    """What a chunk's process needs: the images (table in image_id order), the settings and the part files."""
+    """What a chunk's process needs: the images (table in the file's order), the settings and the part files."""
 
     images: ImageSet
     table: pd.DataFrame
@@ -86,7 +95,7 @@ def extract_image_faces(images: ImageSet, cfg: dict[str, Any], out_faces: str | 
     cfg = {**face_extraction.DEFAULTS, **cfg}
     out_faces = Path(out_faces)
     folder = Path(partial_dir) if partial_dir is not None else out_faces.with_name(f".{out_faces.name}.partial")
-    table = images.table.sort_values("image_id", kind="stable").reset_index(drop=True)
+    table = file_order(images.table)
     if table.empty:
         raise ImageSetError(f"the {images.format} set in {images.root} has no images")
     # Every image gets a full detection: the file says so, as the faces stage's files say how often they detect.
@@ -107,11 +116,19 @@ def extract_image_faces(images: ImageSet, cfg: dict[str, Any], out_faces: str | 
                             f"kept in {folder} and reused.")
     with atomic_path(out_faces) as tmp_faces, atomic_path(out_table) as tmp_table:
         found, scores = _merge(job.parts, schema, tmp_faces)
-        table = table.assign(face_found=found, det_score=scores)
+        table = table.assign(face_found=found, det_score=scores).sort_values("image_id").reset_index(drop=True)
         _check_detection(table, images, cfg)
         table.to_parquet(tmp_table, index=False)
     shutil.rmtree(folder, ignore_errors=True)
     return table
+
+
+def file_order(table: pd.DataFrame) -> pd.DataFrame:
+    """The image table in the faces file's order: a random permutation of the images seeded by ``ORDER_SEED``
+    (the same for the same images on every run, whatever order the set listed them in)."""
+    table = table.sort_values("image_id", kind="stable").reset_index(drop=True)
+    order = np.random.default_rng(ORDER_SEED).permutation(len(table))
+    return table.iloc[order].reset_index(drop=True)
 
 
 def _digest(images: ImageSet, rows: pd.DataFrame, cfg: dict[str, Any]) -> str:
