@@ -45,10 +45,18 @@ def crops(tmp_path_factory):
     return folder
 
 
-def test_detector_none_takes_the_whole_frame_as_the_face_box():
-    frame = np.zeros((180, 240, 3), np.uint8)  # nothing to detect: still the face box
-    [found] = make_detector({"detector": "none"})(frame)
+def test_detector_none_takes_the_whole_frame_as_the_face_box_unless_it_is_blank():
+    detector = make_detector({"detector": "none"})
+    frame = np.random.default_rng(0).integers(0, 256, (180, 240, 3), dtype=np.uint8)  # no face: still the face box
+    [found] = detector(frame)
     assert found.box == (0.0, 0.0, 240.0, 180.0) and found.score == 1.0
+    # blank frames have none: one grey level (FER2013's empty images), or a fade to black with a little noise
+    assert detector(np.zeros((180, 240, 3), np.uint8)) == [] and detector(np.full((48, 48, 3), 128, np.uint8)) == []
+    dark = np.random.default_rng(1).integers(0, 4, (180, 240, 3), dtype=np.uint8)
+    assert 0.5 < dark.std() < 2 and detector(dark) == []
+    edge = np.zeros((180, 240, 3), np.uint8)
+    edge[:, 120:] = 5  # two grey levels 5 apart: std 2.5, not blank
+    assert len(detector(edge)) == 1
     with pytest.raises(ConfigError, match="not one of hog, mmod, opencv_dnn, none"):
         make_detector({"detector": "haar"})
 

@@ -144,10 +144,17 @@ class FullFrame:
     face fills the frame and HOG misses some although every frame shows the
     face (on 224 x 224 face crops of the demo clips it kept 586 of 616 frames:
     benchmarks/precropped_faces.py).
+
+    A blank frame (a fade to black, an empty image: FER2013 has 13, all one grey level or nearly) has no face:
+    its pixels' standard deviation is under ``BLANK_STD`` grey levels.
     """
+
+    BLANK_STD = 2.0
 
     def __call__(self, frame: np.ndarray) -> list[Detection]:
         height, width = frame.shape[:2]
+        if float(frame.std()) < self.BLANK_STD:
+            return []
         return [Detection((0.0, 0.0, float(width), float(height)), 1.0)]
 
 
