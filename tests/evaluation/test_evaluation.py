@@ -324,6 +324,40 @@ def test_summary_says_when_the_cnn_is_below_the_landmark_baseline(tmp_path):
     assert set(table["cnn_below_landmarks_folds"]) == {1}
 
 
+def test_on_clips_shorter_than_a_window_the_floor_is_checked_on_the_segments(tmp_path):
+    # CK+-like clips: every test segment shorter than one window, so no frame-level scores at all. The per-frame CNN
+    # is wrong on every segment of both folds: it is below the landmark baseline everywhere, and must be said so
+    # (comparing the missing frame scores, every fold once passed as "above").
+    rng = np.random.default_rng(9)
+    names = predictions.methods("embedding")
+    files = []
+    for fold in (0, 1):
+        people = {f"f{fold}p{i}": [(k % 3, k % 3, k % 3) for k in range(3)] for i in range(3)}
+        fake_predictions(tmp_path / f"f{fold}.parquet", fold, people, rng, names)
+        ids, probs, classes, _ = predictions.read(tmp_path / f"f{fold}.parquet")
+        keep = (ids["level"] == "segment").to_numpy()
+        probs = {m: p[keep] for m, p in probs.items()}
+        probs["per_frame"] = np.roll(probs["per_frame"], 1, axis=1)
+        predictions.write(tmp_path / f"f{fold}.parquet", ids[keep].reset_index(drop=True), probs, classes, names)
+        files.append(tmp_path / f"f{fold}.parquet")
+    out = outputs(tmp_path)
+    table = summary.summarize(files, split_summary(tmp_path / "s.csv"), out)
+    md = out["md"].read_text()
+    assert ("**The frame CNN is below the landmark baseline on every fold** (macro F1 of the test segments: no fold "
+            "has frame-level scores") in md and "is above the landmark baseline" not in md
+    assert set(table["cnn_below_landmarks_folds"]) == {2} and set(table["cnn_landmarks_level"]) == {"segment"}
+    assert set(table["cnn_landmarks_compared_folds"]) == {2}
+
+
+def test_the_floor_note_counts_only_the_folds_scored_by_both():
+    floor = summary.Floor(below=0, compared=2, level="frame")
+    assert summary.baseline_note(floor, 3).startswith("The per-frame CNN is above the landmark baseline on the 2 of 3 "
+                                                     "folds scored by both (macro F1)")
+    assert "below the landmark baseline on 1 of 2 folds scored by both" in summary.baseline_note(
+        summary.Floor(1, 2, "frame"), 3)
+    assert "is not known" in summary.baseline_note(summary.Floor(0, 0, None), 2)
+
+
 def test_fold_scores_and_confusion_plots_come_from_the_predictions_file(tmp_path, monkeypatch):
     rng = np.random.default_rng(8)
     people = {"a": [(0, 0, 1), (1, 1, 1)], "b": [(2, 0, 2)]}

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -316,17 +316,51 @@ def verdict_sentence(row: pd.Series, a: str, b: str, n_units: int, nouns: tuple[
     return claim[0].upper() + claim[1:] + "."
 
 
-def baseline_note(below: int, folds: int) -> str:
-    """What a reader should conclude from the per-frame CNN against the landmark baseline (frame macro F1 per fold)."""
-    if below == 0:
-        return (f"The per-frame CNN is above the landmark baseline on {'every fold' if folds > 1 else 'the test data'} "
-                "(macro F1): it learns more than the face shape alone gives.")
-    where = "every fold" if below == folds else f"{below} of {folds} folds"
-    if folds == 1:
-        where = "the test data"
-    return (f"**The frame CNN is below the landmark baseline on {where}** (macro F1): a sound frame model should clear "
-            "this floor. Check frame_model.init (the reference starts from ImageNet weights) and the frame "
-            "model's training curve (results/folds/*/frame_model/metrics.csv) before reading the CNN and CNN-LSTM rows.")
+@dataclass
+class Floor:
+    """The per-frame CNN against the landmark baseline (the floor), fold by fold: ``below`` of the ``compared``
+    folds scored by both have the CNN's macro F1 below the baseline's, at ``level`` (``frame``, or ``segment`` when
+    no fold has frame-level scores; None when no fold has scores of both)."""
+
+    below: int
+    compared: int
+    level: str | None
+
+
+def floor_check(scored: Mapping[tuple[str, str], Scored]) -> Floor:
+    """Compare the per-frame CNN and the landmark baseline per fold on the frames, or on the test segments when no
+    fold has frame-level scores (test segments all shorter than one window): a fold without scores of both is
+    left out, not counted as clearing the floor."""
+    for level in ("frame", "segment"):
+        cnn = scored[("per_frame", level)].fold_scores["macro_f1"]
+        floor = scored[("landmarks", level)].fold_scores["macro_f1"]
+        both = np.isfinite(cnn) & np.isfinite(floor)
+        if both.any():
+            return Floor(int(np.sum(cnn[both] < floor[both])), int(both.sum()), level)
+    return Floor(0, 0, None)
+
+
+def baseline_note(floor: Floor, folds: int) -> str:
+    """What a reader should conclude from the per-frame CNN against the landmark baseline (:func:`floor_check`)."""
+    if floor.level is None:
+        return ("The per-frame CNN and the landmark baseline have no fold scored by both, so whether the CNN clears "
+                "the landmark floor is not known.")
+    what = ("macro F1" if floor.level == "frame" else
+            "macro F1 of the test segments: no fold has frame-level scores, its test segments being shorter than "
+            "one window")
+    if floor.compared == folds:
+        where_all = "every fold" if folds > 1 else "the test data"
+    else:
+        where_all = f"the {floor.compared} of {folds} folds scored by both"
+    if floor.below == 0:
+        return f"The per-frame CNN is above the landmark baseline on {where_all} ({what}): it learns more than the " \
+               "face shape alone gives."
+    where = where_all if floor.below == floor.compared else (
+        f"{floor.below} of {floor.compared} folds" + ("" if floor.compared == folds else " scored by both"))
+    return (f"**The frame CNN is below the landmark baseline on {where}** ({what}): a sound frame model should "
+            "clear this floor. Check frame_model.init (the reference starts from ImageNet weights) and the frame "
+            "model's training curve (results/folds/*/frame_model/metrics.csv) before reading the CNN and CNN-LSTM "
+            "rows.")
 
 
 def is_fold_protocol(scheme: str, folds: int) -> bool:
@@ -362,7 +396,7 @@ def fold_table(table: pd.DataFrame, pooled: Pooled, pct: str) -> list[str]:
     return lines + [""]
 
 
-def markdown(table: pd.DataFrame, pooled: Pooled, split_summary: pd.DataFrame, unit: str, leak: bool, below: int,
+def markdown(table: pd.DataFrame, pooled: Pooled, split_summary: pd.DataFrame, unit: str, leak: bool, floor: Floor,
              resamples: int, confidence: float, normalise: str = "none", initialised_from: str | None = None) -> str:
     """``summary.md``: the verdict, the scores and differences with their intervals, what was scored, the caveats.
     ``initialised_from``: where the frame CNN started (:func:`ferseq.common.initialisation.describe`)."""
@@ -374,7 +408,7 @@ def markdown(table: pd.DataFrame, pooled: Pooled, split_summary: pd.DataFrame, u
         row = _find(diffs, method=a, versus=b, level="segment", metric="uar")
         verdict.append(verdict_sentence(row, names[a], names[b], int(row["units"]), nouns, folds, confidence, k == 0))
     pct = f"{100 * confidence:g}"  # as the plots say it: 95, 97.5
-    lines = ["# ferseq evaluation summary", "", "**Verdict.** " + " ".join(verdict), "", baseline_note(below, folds), ""]
+    lines = ["# ferseq evaluation summary", "", "**Verdict.** " + " ".join(verdict), "", baseline_note(floor, folds), ""]
     scheme = str(split_summary["scheme"].iloc[0]) if "scheme" in split_summary else ""
     how = f" ({scheme})" if scheme else ""
     people = nouns == PEOPLE
@@ -489,11 +523,11 @@ def summarize(prediction_files: Sequence[str | Path], split_summary: str | Path,
     unit, leak = str(splits["split_unit"].iloc[0]), bool(splits["identity_leak"].iloc[0])
     pooled = pool(prediction_files, unit, leak)
     table, scored = analyse(pooled, resamples, seed, confidence)
-    fold_f1 = {m: scored[(m, "frame")].fold_scores["macro_f1"] for m in ("per_frame", "landmarks")}
-    below = int(np.sum(fold_f1["per_frame"] < fold_f1["landmarks"]))
+    floor = floor_check(scored)
     nouns = pooled.unit_nouns
     full = table.assign(split_unit=unit, identity_leak=leak, resampled_unit=nouns[0], resampled_units=len(pooled.units),
-                        cnn_below_landmarks_folds=below, folds=len(pooled.folds), resamples=resamples,
+                        cnn_below_landmarks_folds=floor.below, cnn_landmarks_compared_folds=floor.compared,
+                        cnn_landmarks_level=floor.level, folds=len(pooled.folds), resamples=resamples,
                         confidence=confidence, frame_cnn_init=initialised_from)
     people = per_person(pooled, scored)
     with atomic_path(outputs["csv"]) as tmp:
@@ -504,7 +538,7 @@ def summarize(prediction_files: Sequence[str | Path], split_summary: str | Path,
                                      outputs["per_person_png"], confidence=confidence)
     plots.plot_differences(table[table["kind"] == "difference"], outputs["differences_png"], confidence=confidence)
     with atomic_path(outputs["md"]) as tmp:
-        tmp.write_text(markdown(table, pooled, splits, unit, leak, below, resamples, confidence, normalise,
+        tmp.write_text(markdown(table, pooled, splits, unit, leak, floor, resamples, confidence, normalise,
                                 initialised_from))
     log.info("summary of %d fold(s), %d test %s:\n%s", len(pooled.folds), len(pooled.units), nouns[1],
              Path(outputs["md"]).read_text())
