@@ -42,6 +42,8 @@ def _known_keys(error: Any) -> str:
     if error.validator != "additionalProperties" or not known or not isinstance(error.instance, dict):
         return ""
     unknown = [name for name in error.instance if name not in known]
+    if not unknown:  # (a schema whose additionalProperties names a pattern: nothing to suggest)
+        return ""
     near = {name: difflib.get_close_matches(str(name), known, n=1, cutoff=0.6) for name in unknown}
     if len(near) == 1 and all(near.values()):
         return f"; did you mean {next(iter(near.values()))[0]!r}?"
