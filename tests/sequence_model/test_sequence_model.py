@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 
 import mlflow
@@ -16,7 +17,7 @@ import torch
 
 from conftest import ferseq_log, write_config
 from ferseq.common import config as config_check
-from ferseq.common import mlflow_runs, resume
+from ferseq.common import mlflow_outbox, mlflow_runs, resume
 from ferseq.common.errors import ConfigError
 from ferseq.sequence_model import classifier, fused_training, grid_plan, grid_search
 from ferseq.sequences import windows
@@ -126,7 +127,7 @@ def test_grid_expands_every_point_and_cuts_it_into_jobs():
     assert filled == set(points)
 
 
-def test_grid_point_and_selection_log_to_mlflow(tmp_path):
+def test_grid_point_and_selection_log_to_mlflow(tmp_path, monkeypatch):
     rng = np.random.default_rng(3)
     classes = ["happy", "sad"]
     for split, n in (("train", 40), ("val", 20)):
@@ -140,6 +141,23 @@ def test_grid_point_and_selection_log_to_mlflow(tmp_path):
               "sequence_model": {"architectures": ["lstm"], "lr": [0.01, 0.1], "hidden": [8], "dropout": [0.5],
                                  "epochs": 4, "patience": 2, "batch_size": 8}}
     parent = grid_search.open_search(config, 0, tmp_path / "run_id.txt")
+    # The store answers only once training is over, as a busy server would: the run ids the files name
+    # must still be their runs' (CI once saw None where the sender thread had not yet created the runs).
+    trained = threading.Event()
+    send, train_points = mlflow_outbox.RunLog.send, fused_training.train_points
+
+    def late_send(self, *args, **kwargs):
+        trained.wait(timeout=30)
+        return send(self, *args, **kwargs)
+
+    def train_then_answer(*args, **kwargs):
+        try:
+            return train_points(*args, **kwargs)
+        finally:
+            trained.set()
+
+    monkeypatch.setattr(mlflow_outbox.RunLog, "send", late_send)
+    monkeypatch.setattr(fused_training, "train_points", train_then_answer)
     # One job: both lr points of (lstm, hidden 8), the windows read once.
     points = grid_plan.job_points(config["sequence_model"])
     stems = [tmp_path / "lstm" / grid_plan.point_name(lr, 8, dropout) for lr, dropout in points]

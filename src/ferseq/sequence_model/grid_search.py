@@ -172,24 +172,28 @@ def run_points(windows_dir: str | Path, arch: str, hidden: int, points: Sequence
                                               resume_from=saved["train"] if saved else None)
         histories = [result.history for result in results]
         log_epochs()
-        done = []
-        for (lr, dropout), result, run, out_model, out_metric in zip(points, results, runs, out_models, out_metrics):
+        for result, run in zip(results, runs):
             run.log_metrics({"best_epoch": result.best_epoch, "best_val_loss": result.val_loss,
                              "best_val_macro_f1": result.val_macro_f1})
-            done.append(write_point(result, arch, lr, hidden, dropout, config, fold, run.run_id, train_x.shape,
-                                    out_model, out_metric))
+    # Written once the runs have ended: a run's end waits for the store, so each file names its run's id
+    # whenever the store answers (while the runs are open their creation may still be on its way).
+    done = [write_point(result, arch, lr, hidden, dropout, config, fold, run.run_id, train_x.shape, out_model,
+                        out_metric)
+            for (lr, dropout), result, run, out_model, out_metric in zip(points, results, runs, out_models, out_metrics)]
     if store is not None:
         store.clear()
     return done
 
 
 def write_point(result: classifier.TrainResult, arch: str, lr: float, hidden: int, dropout: float,
-                config: dict[str, Any], fold: int, run_id: str, train_shape: tuple[int, ...],
+                config: dict[str, Any], fold: int, run_id: str | None, train_shape: tuple[int, ...],
                 out_model: str | Path, out_metrics: str | Path) -> dict[str, Any]:
     """Write one trained grid point: its checkpoint (loadable by :func:`load_model`) and its val metrics.
 
     The checkpoint is data only: CPU tensors and plain JSON values (see
-    :mod:`ferseq.common.model_files`), with the config it was trained with.
+    :mod:`ferseq.common.model_files`), with the config it was trained with. ``run_id``: the point's MLflow
+    run, None when the tracking store has not had it (its journal keeps the calls, see
+    :mod:`ferseq.common.mlflow_outbox`).
     """
     metrics = {"arch": arch, "lr": lr, "hidden": hidden, "dropout": dropout, "fold": fold,
                "best_epoch": result.best_epoch, "val_loss": result.val_loss, "val_macro_f1": result.val_macro_f1,
