@@ -7,14 +7,12 @@ import os
 import re
 import subprocess
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from test_profiles import SLURM_PROFILE, parse_dry_run
-from test_workflow import SMALL
 
 import slurm_cluster
-from conftest import run_snakemake, write_config
+from conftest import SMALL, run_snakemake, write_config
 
 pytestmark = pytest.mark.slurm
 # The plugin checks job status this long after a submission or a finished job (default 40 s), then
@@ -108,22 +106,18 @@ def submitted(record: dict) -> tuple:
             minutes(record["TimeLimit"]), int(gpus.group(1)) if gpus else 0)
 
 
-def test_demo_dag_runs_as_slurm_jobs_sized_from_its_rules_and_matches_a_local_run(on_cluster, tmp_path):
-    slurm_dir, local_dir = tmp_path / "slurm", tmp_path / "local"
-    slurm_dir.mkdir(), local_dir.mkdir()
-    configs = [write_config(d / "config.yaml", **SMALL) for d in (slurm_dir, local_dir)]
-    profile = ("--configfile", str(configs[0]), "--profile", str(SLURM_PROFILE), *FAST_STATUS)
+def test_demo_dag_runs_as_slurm_jobs_sized_from_its_rules_and_matches_a_local_run(on_cluster, demo_run, tmp_path):
+    slurm_dir = tmp_path / "slurm"
+    slurm_dir.mkdir()
+    # The session's local demo run (conftest's demo_run) has the same config: the SLURM run is compared with it.
+    config = write_config(slurm_dir / "config.yaml", **SMALL)
+    profile = ("--configfile", str(config), "--profile", str(SLURM_PROFILE), *FAST_STATUS)
     plan = run_snakemake(slurm_dir, *profile, "--dry-run")
     assert plan.returncode == 0, plan.stdout[-3000:] + plan.stderr[-3000:]
     planned = {job["rule"]: figures(job) for job in parse_dry_run(plan.stdout) if job["rule"] != "all"}
 
-    # The local run goes alongside: the SLURM run mostly waits between status checks.
-    with ThreadPoolExecutor(2) as pool:
-        local = pool.submit(run_snakemake, local_dir, "--configfile", str(configs[1]), "--cores", "2")
-        done = run_snakemake(slurm_dir, *profile, timeout=900)
-        local = local.result()
+    done = run_snakemake(slurm_dir, *profile, timeout=900)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-    assert local.returncode == 0, local.stdout[-3000:] + local.stderr[-3000:]
     log = done.stdout + done.stderr
     assert "mlflow.tracking_uri is a local sqlite store but jobs run on a cluster" in log
 
@@ -147,7 +141,7 @@ def test_demo_dag_runs_as_slurm_jobs_sized_from_its_rules_and_matches_a_local_ru
 
     # Same config, same tables: the cluster run computes what the local run computes.
     summary = "results/evaluation/summary.csv"
-    assert (slurm_dir / summary).read_text() == (local_dir / summary).read_text()
+    assert (slurm_dir / summary).read_text() == (demo_run / summary).read_text()
 
 
 def test_a_group_no_node_can_hold_is_refused_before_anything_is_submitted(on_cluster, tmp_path):
