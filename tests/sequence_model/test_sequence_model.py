@@ -19,7 +19,7 @@ from conftest import ferseq_log, write_config
 from ferseq.common import config as config_check
 from ferseq.common import mlflow_outbox, mlflow_runs, resume
 from ferseq.common.errors import ConfigError
-from ferseq.sequence_model import classifier, fused_training, grid_plan, grid_search
+from ferseq.sequence_model import classifier, fused_training, grid_plan, grid_search, selection
 from ferseq.sequences import windows
 
 
@@ -127,6 +127,13 @@ def test_grid_expands_every_point_and_cuts_it_into_jobs():
     assert filled == set(points)
 
 
+def test_the_searchs_small_jobs_start_without_torch():
+    # open_search and select_sequence_model run as jobs of their own: torch's import (seconds) is not theirs to pay.
+    code = "import sys; import ferseq.sequence_model.selection; print(sorted({'torch', 'sklearn'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
 def test_grid_point_and_selection_log_to_mlflow(tmp_path, monkeypatch):
     rng = np.random.default_rng(3)
     classes = ["happy", "sad"]
@@ -140,7 +147,7 @@ def test_grid_point_and_selection_log_to_mlflow(tmp_path, monkeypatch):
               "mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"},
               "sequence_model": {"architectures": ["lstm"], "lr": [0.01, 0.1], "hidden": [8], "dropout": [0.5],
                                  "epochs": 4, "patience": 2, "batch_size": 8}}
-    parent = grid_search.open_search(config, 0, tmp_path / "run_id.txt")
+    parent = selection.open_search(config, 0, tmp_path / "run_id.txt")
     # The store answers only once training is over, as a busy server would: the run ids the files name
     # must still be their runs' (CI once saw None where the sender thread had not yet created the runs).
     trained = threading.Event()
@@ -164,7 +171,7 @@ def test_grid_point_and_selection_log_to_mlflow(tmp_path, monkeypatch):
     grid_search.run_points(tmp_path / "w", "lstm", 8, points, config, 0, parent,
                       [f"{s}.pt" for s in stems], [f"{s}.json" for s in stems])
     files = [f"{s}.json" for s in stems]
-    best = grid_search.select(files, config, 0, parent, tmp_path / "best.json")
+    best = selection.select(files, config, 0, parent, tmp_path / "best.json")
     scores = [json.loads(open(f).read()) for f in files]
     assert best["val_macro_f1"] == max(s["val_macro_f1"] for s in scores)
     model, checkpoint = grid_search.load_model(best["model"])
@@ -405,7 +412,7 @@ def test_a_killed_grid_job_resumes_its_points_into_their_runs(tmp_path):
               "mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"},
               "sequence_model": {"architectures": ["lstm"], "lr": [0.01, 0.003], "hidden": [32], "dropout": [0.3],
                                  "epochs": 6, "patience": 6, "batch_size": 8, "device": "cpu"}}
-    parent = grid_search.open_search(config, 0, tmp_path / "run_id.txt")
+    parent = selection.open_search(config, 0, tmp_path / "run_id.txt")
     points = grid_plan.job_points(config["sequence_model"])
 
     def args(folder: str) -> dict:

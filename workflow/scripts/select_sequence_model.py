@@ -2,10 +2,10 @@
 from pathlib import Path
 
 from ferseq.common import logs
-from ferseq.sequence_model import grid_search
+from ferseq.sequence_model import selection
 
 with logs.step(snakemake.log[0]):
-    grid_search.select(
+    selection.select(
         snakemake.input.metrics,
         snakemake.config,
         int(snakemake.wildcards.fold),

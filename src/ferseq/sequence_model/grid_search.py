@@ -1,13 +1,12 @@
-"""Grid search over sequence models, and the selection of the best.
+"""Grid search over sequence models: the jobs that train the grid's points.
 
 One DAG job per architecture (LSTMs, GRU, transformer) and hidden size trains its
 (lr, dropout) points together, in one fused computation
 (:mod:`ferseq.sequence_model.fused_training`).
 
-MLflow: each fold's search is a parent run (opened by :func:`open_search`),
-each grid point a child run, and :func:`select` records the choice on the
-parent as tags and metrics (values a rerun may change), never as params.
-Every run goes through a journal (:mod:`ferseq.common.mlflow_outbox`): an unreachable
+MLflow: each grid point is a child run of the fold's search
+(:mod:`ferseq.sequence_model.selection` opens the search's parent run and records
+the choice of the best point). Every run goes through a journal (:mod:`ferseq.common.mlflow_outbox`): an unreachable
 tracking server stops neither the search nor the grid jobs.
 
 A grid job keeps its training state in ``resume_dir`` (at most every
@@ -23,7 +22,7 @@ import logging
 import time
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -31,7 +30,8 @@ import torch
 from ferseq.common import mlflow_runs, model_files, resume
 from ferseq.common.outputs import atomic_path
 from ferseq.sequence_model import classifier, fused_training
-from ferseq.sequence_model.grid_plan import family, point_name
+from ferseq.sequence_model.grid_plan import point_name
+from ferseq.sequence_model.selection import parent_ref
 from ferseq.sequences import subject_medians, windows
 
 log = logging.getLogger(__name__)
@@ -53,24 +53,6 @@ def input_features(config: dict[str, Any]) -> str:
     return config.get("windows", {}).get("features", "embedding")
 
 
-def parent_ref(text: str) -> dict[str, str]:
-    """The search's run as ``mlflow_parent_run.txt`` names it: its id, or ``journal:PATH`` while the tracking
-    server has not had it yet (:attr:`ferseq.common.mlflow_outbox.RunLog.ref`)."""
-    text = text.strip()
-    return {"journal": text[len("journal:"):]} if text.startswith("journal:") else {"run_id": text}
-
-
-def open_search(config: dict[str, Any], fold: int, out_run_id: str | Path) -> str:
-    """Create the fold's parent MLflow run for the search and write its reference for the grid jobs."""
-    with mlflow_runs.open_run(config, "sequence_search", fold=fold) as run:
-        run.log_params({f"grid.{k}": str(v) for k, v in config["sequence_model"].items()})
-    ref = run.ref
-    text = ref["run_id"] if "run_id" in ref else f"journal:{ref['journal']}"
-    with atomic_path(out_run_id) as tmp:
-        tmp.write_text(text + "\n")
-    return text
-
-
 def device_setting(config: dict[str, Any]) -> str:
     """``sequence_model.device``: ``auto`` (the default: CUDA when the job sees a GPU), ``cpu`` or ``cuda``."""
     return config["sequence_model"].get("device", "auto")
@@ -90,7 +72,7 @@ def run_points(windows_dir: str | Path, arch: str, hidden: int, points: Sequence
     The windows are read once and moved to the device once; the points are
     trained in one fused computation (:mod:`ferseq.sequence_model.fused_training`), each
     early-stopped on its own val loss, each a child run of the fold's search
-    (``parent_run_id``: as :func:`open_search` wrote it). Each writes its model
+    (``parent_run_id``: as :func:`ferseq.sequence_model.selection.open_search` wrote it). Each writes its model
     and val metrics to the matching entries of ``out_models`` and
     ``out_metrics``. ``resume_dir``: where the training state is kept between
     attempts (see the module docstring; removed on success). A point's
@@ -224,41 +206,3 @@ def load_model(path: str | Path) -> tuple[classifier.SequenceClassifier, dict[st
         raise model_files.ModelFileError(f"{path}: not a ferseq sequence model ({type(err).__name__}: "
                                          f"{str(err)[:200]})") from None
     return model.eval(), checkpoint
-
-
-def select(metrics_files: Iterable[str | Path], config: dict[str, Any], fold: int, parent_run_id: str,
-           out_best: str | Path) -> dict[str, Any]:
-    """Pick the grid point with the best val macro F1 (ties: lower val loss), and the best of each family of
-    architectures (``families`` in ``out_best``), and record them.
-
-    On the search's run (``parent_run_id`` as :func:`open_search` wrote it) the choice is a set of tags
-    (``best.arch``, ...) and metrics, which a rerun with another outcome overwrites; the fold's grid-point
-    runs that are no longer in the grid are marked superseded.
-    """
-    points = []
-    for path in metrics_files:
-        m = json.loads(Path(path).read_text())
-        m["model"] = str(Path(path).with_suffix(".pt"))
-        points.append(m)
-    def rank(m: dict[str, Any]) -> tuple[float, float]:
-        return -m["val_macro_f1"], m["val_loss"]
-
-    best = min(points, key=rank)
-    # The best point of each family too (the reference's LSTMs, GRU, transformer): one evaluation row each.
-    families = {}
-    for m in sorted(points, key=rank):
-        families.setdefault(family(m["arch"]), m)
-    log.info("fold %d: best of %d grid points: %s (val macro F1 %.3f, val loss %.4f)", fold, len(points),
-             Path(best["model"]).relative_to(Path(best["model"]).parents[1]), best["val_macro_f1"], best["val_loss"])
-    run = mlflow_runs.attach_run(config, parent_ref(parent_run_id), f"select-fold{fold}")
-    run.set_tags({f"best.{k}": best[k] for k in ("arch", "lr", "hidden", "dropout")})
-    run.log_metrics({"best_val_macro_f1": best["val_macro_f1"], "best_val_loss": best["val_loss"],
-                     **{f"best_{name}_val_macro_f1": m["val_macro_f1"] for name, m in families.items()}})
-    run.log_dict({"points": points}, "grid.json")
-    # the runs of this fold's grid points that are not among these (a grid value changed since they ran)
-    run.supersede_others(f"tags.stage = 'sequence_model' and tags.fold = '{fold}'",
-                         [f"{m['arch']}-{point_name(m['lr'], m['hidden'], m['dropout'])}" for m in points])
-    run.end()
-    with atomic_path(out_best) as tmp:
-        tmp.write_text(json.dumps({**best, "points": len(points), "families": families}, indent=2) + "\n")
-    return best
