@@ -5,8 +5,9 @@ own layout into the annotation table (see :mod:`ferseq.data.importers`);
 ``ferseq ui`` opens the MLflow UI on a config's runs; ``ferseq mlflow sync`` sends
 what jobs kept while their tracking server was away; ``ferseq predict`` applies
 a trained model to new videos and ``ferseq export`` bundles one for another
-machine (see :mod:`ferseq.apply.predict`). Errors a user can cause print one message,
-no traceback, and exit with status 2.
+machine (see :mod:`ferseq.apply.predict`); ``ferseq compare A B`` sets two
+runs side by side, paired by person (:mod:`ferseq.evaluation.run_comparison`).
+Errors a user can cause print one message, no traceback, and exit with status 2.
 """
 
 from __future__ import annotations
@@ -130,6 +131,21 @@ def parser() -> argparse.ArgumentParser:
     sync.add_argument("--wait", type=float, default=0.0,
                       help="seconds to keep retrying an unreachable server (default 0: one try)")
 
+    cmp = commands.add_parser(
+        "compare", help="two finished runs on the same test people: each method's A − B, paired by person",
+        description="Compare two finished runs of one study that differ in a setting (e.g. frame_model.init: pretrain "
+                    "against imagenet): for every method both scored, at segment level and at its own level, each "
+                    "run's pooled UAR, WAR and macro F1, the difference A − B with a bootstrap interval over the "
+                    "test people (the same resamples for both runs) and the sign-flip p-value of that difference. "
+                    "The runs must have scored the same test segments (same annotations and split). Prints the "
+                    "comparison; -o also writes comparison.md and comparison.csv.")
+    cmp.add_argument("run_a", metavar="A", help="results folder of run A (e.g. results, or the run's working directory)")
+    cmp.add_argument("run_b", metavar="B", help="results folder of run B")
+    cmp.add_argument("-o", "--output", help="folder for comparison.md and comparison.csv")
+    cmp.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    cmp.add_argument("--confidence", type=float, default=0.95, help="interval confidence (default 0.95)")
+    cmp.add_argument("--seed", type=int, default=42, help="seed of the resamples and sign patterns (default 42)")
+
     exp = commands.add_parser(
         "export", help="bundle one fold's trained models and settings into a folder that predict reads anywhere",
         description="Copy one fold's frame model, selected sequence model, landmark baseline and faces detector "
@@ -154,6 +170,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _predict(args)
         if args.command == "mlflow":
             return _mlflow_sync(args)
+        if args.command == "compare":
+            from ferseq.evaluation import run_comparison
+
+            print(run_comparison.run(args.run_a, args.run_b, args.output, args.resamples, args.seed, args.confidence),
+                  end="")
+            return 0
         if args.command == "export":
             from ferseq.apply import predict
 

@@ -269,13 +269,15 @@ def _signed(value: float) -> str:
     return f"{value:+.1f}".replace("-", "−")
 
 
-def _signed_cell(value: float, low: float, high: float) -> str:
+def signed_cell(value: float, low: float, high: float) -> str:
+    """A difference in points with its interval, e.g. ``+4.4 [−1.2, +9.8]`` (minus signs as in the tables)."""
     if not np.isfinite(value):
         return "–"
     return f"{_signed(value)} [{_signed(low)}, {_signed(high)}]" if np.isfinite(low) else _signed(value)
 
 
-def _p(p: float) -> str:
+def p_text(p: float) -> str:
+    """A p-value as the tables write it: ``p = 0.034``, ``p < 0.001``, ``–`` when there is none."""
     if not np.isfinite(p):
         return "–"
     return "p < 0.001" if p < 0.001 else f"p = {p:.2g}"
@@ -294,7 +296,7 @@ def verdict_sentence(row: pd.Series, a: str, b: str, n_units: int, nouns: tuple[
     smallest = float(row["smallest_p"])
     alpha = round(1 - confidence, 12)  # 1 - 0.95 is 0.050000000000000044: p = 0.05 must not count as below it
     plural = nouns[1] if n_units != 1 else nouns[0]
-    stats = f"{100 * confidence:g}% CI {_signed(low)} to {_signed(high)}; {_p(p)}"
+    stats = f"{100 * confidence:g}% CI {_signed(low)} to {_signed(high)}; {p_text(p)}"
     difference = f"{a} − {b} is {_signed(value)} UAR points at segment level ({stats})"
     excludes_zero = np.isfinite(low) and (low > 0 or high < 0)
     significant = np.isfinite(p) and p < alpha
@@ -463,9 +465,9 @@ def markdown(table: pd.DataFrame, pooled: Pooled, split_summary: pd.DataFrame, u
         for level, rows in group.groupby("level", sort=False):
             cells = {r["metric"]: r for _, r in rows.iterrows()}
             lines.append(f"| {rows['name'].iloc[0]} | {level} | "
-                         + " | ".join(_signed_cell(cells[m]["value"], cells[m]["ci_low"], cells[m]["ci_high"])
+                         + " | ".join(signed_cell(cells[m]["value"], cells[m]["ci_low"], cells[m]["ci_high"])
                                       for m in metrics.METRICS) + " | "
-                         + " | ".join(_p(cells[m]["p_value"]).replace("p = ", "").replace("p ", "")
+                         + " | ".join(p_text(cells[m]["p_value"]).replace("p = ", "").replace("p ", "")
                                       for m in metrics.METRICS)
                          + f" | {cells['uar']['smallest_p']:.2g} |")
     ids = pooled.ids
