@@ -6,8 +6,9 @@ One DAG job per architecture (LSTMs, GRU, transformer) and hidden size trains it
 
 MLflow: each grid point is a child run of the fold's search
 (:mod:`ferseq.sequence_model.selection` opens the search's parent run and records
-the choice of the best point). Every run goes through a journal (:mod:`ferseq.common.mlflow_outbox`): an unreachable
-tracking server stops neither the search nor the grid jobs.
+the choice of the best point). Every run goes through a journal
+(:mod:`ferseq.common.mlflow_outbox`): an unreachable tracking server stops
+neither the search nor the grid jobs.
 
 A grid job keeps its training state in ``resume_dir`` (at most every
 ``save_every`` seconds, at an epoch's end, and when SIGTERM or SIGUSR1 asks it to
@@ -159,9 +160,8 @@ def run_points(windows_dir: str | Path, arch: str, hidden: int, points: Sequence
                              "best_val_macro_f1": result.val_macro_f1})
     # Written once the runs have ended: a run's end waits for the store, so each file names its run's id
     # whenever the store answers (while the runs are open their creation may still be on its way).
-    done = [write_point(result, arch, lr, hidden, dropout, config, fold, run.run_id, train_x.shape, out_model,
-                        out_metric)
-            for (lr, dropout), result, run, out_model, out_metric in zip(points, results, runs, out_models, out_metrics)]
+    done = [write_point(result, arch, lr, hidden, dropout, config, fold, run.run_id, train_x.shape, model, metric)
+            for (lr, dropout), result, run, model, metric in zip(points, results, runs, out_models, out_metrics)]
     if store is not None:
         store.clear()
     return done
