@@ -254,6 +254,25 @@ def test_block_order_reads_each_row_group_once_an_epoch_and_shuffles_within_bloc
     assert rest == orders[0][20 * 16:] and len(set(reads)) == len(reads) < 50
 
 
+def test_each_block_holds_the_classes_as_the_epoch_does_when_row_groups_are_one_class_each():
+    # Long segments: 60 row groups of 8 crops, each group one class, the file sorted by class (30, 20, 10 groups);
+    # blocks of 6 groups. Each block holds each class's groups in its share of the epoch (3, 2, 1), within one.
+    data = pa.array([f"crop {i}".encode() for i in range(480)], pa.binary())
+    labels = np.repeat([0] * 30 + [1] * 20 + [2] * 10, 8)
+    stream = crops.StreamBatches(crops.MemoryCrops(data, unit_size=8), np.arange(480), labels, 16,
+                                 torch.Generator().manual_seed(1), buffer=48)
+    for _ in range(3):
+        order = [int(bytes(b.data[b.offsets[i]:b.offsets[i + 1]]).split()[1]) for b in stream
+                 for i in range(len(b.offsets) - 1)]
+        assert sorted(order) == list(range(480))
+        for block in np.asarray(order).reshape(10, 48):
+            groups = np.bincount(labels[block], minlength=3) / 8
+            assert np.all(np.abs(groups - [3, 2, 1]) <= 1), groups
+    # The spread itself: a random order within each class, every unit once.
+    spread = crops.spread_units(np.repeat([0, 1, 2], [30, 20, 10]), torch.Generator().manual_seed(2))
+    assert sorted(spread) == list(range(60)) and spread[spread < 30].tolist() != list(range(30))
+
+
 def test_training_streams_every_train_crop_once_an_epoch_in_a_new_order_that_follows_the_seed(demo, tmp_path,
                                                                                                monkeypatch):
     """A real training run (loader worker, augmentation): the crops that reach the decoding worker each epoch are

@@ -220,9 +220,31 @@ class Batch(NamedTuple):
     shape: tuple[int, ...]
 
 
-def block_order(home: np.ndarray, costs: np.ndarray, buffer: int, generator: torch.Generator) -> np.ndarray:
+def spread_units(strata: np.ndarray, generator: torch.Generator) -> np.ndarray:
+    """The units in a random order in which each stratum (e.g. a unit's most frequent class) is spread evenly: the
+    ``n`` units of a stratum, in a random order, take the positions ``(k + u) / n`` (``k`` their rank, ``u`` one
+    uniform offset per stratum) of the epoch. So any run of consecutive units, a block, holds each stratum about in
+    its share of all units (within one unit), as a shuffle of single crops would, where a plain random order of
+    units gives some blocks several units of one class and none of another."""
+    strata = np.asarray(strata, np.int64)
+    perm = torch.randperm(len(strata), generator=generator).numpy()
+    offsets = torch.rand(int(strata.max(initial=-1)) + 1, generator=generator, dtype=torch.float64).numpy()
+    shuffled = strata[perm]
+    rank = np.empty(len(perm), np.int64)
+    position = np.empty(len(perm), np.float64)
+    for stratum in np.unique(shuffled).tolist():
+        at = np.flatnonzero(shuffled == stratum)
+        rank[at] = np.arange(len(at))
+        position[at] = (rank[at] + offsets[stratum]) / len(at)
+    return perm[np.argsort(position, kind="stable")]
+
+
+def block_order(home: np.ndarray, costs: np.ndarray, buffer: int, generator: torch.Generator,
+                strata: np.ndarray | None = None) -> np.ndarray:
     """An epoch's order of items whose data lie in units ``home`` (item -> unit): the units in a random order,
     taken in blocks of about ``buffer`` crops (``costs``: crops per unit), the items of each block in a random order.
+    With ``strata`` (one per unit, e.g. its most frequent class), the units' order spreads each stratum evenly
+    (:func:`spread_units`), so each block holds the classes about as the whole epoch does.
 
     Every item once. Within a block the order is a uniform permutation; with one block (a fold of at most
     ``buffer`` crops) it is a uniform permutation of all items, as a shuffle in memory gives.
@@ -231,7 +253,7 @@ def block_order(home: np.ndarray, costs: np.ndarray, buffer: int, generator: tor
     counts = np.bincount(home, minlength=units)
     by_home = np.argsort(home, kind="stable")
     first = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    perm = torch.randperm(units, generator=generator).numpy()
+    perm = torch.randperm(units, generator=generator).numpy() if strata is None else spread_units(strata, generator)
     sizes = counts[perm]
     # the items of the units in the permuted order, back to back
     order = by_home[np.repeat(first[perm] - np.concatenate([[0], np.cumsum(sizes)[:-1]]), sizes) + np.arange(sizes.sum())]
@@ -245,11 +267,20 @@ def block_order(home: np.ndarray, costs: np.ndarray, buffer: int, generator: tor
     return order
 
 
+def main_class(home: np.ndarray, labels: np.ndarray, units: int) -> np.ndarray:
+    """Each unit's most frequent label among the items whose data start in it (``home``: item -> unit); 0 for a
+    unit without items."""
+    classes = int(labels.max(initial=0)) + 1
+    counts = np.bincount(np.asarray(home, np.int64) * classes + labels, minlength=units * classes)
+    return counts.reshape(units, classes).argmax(axis=1)
+
+
 class StreamBatches:
     """An epoch's batches of items read from ``source`` as they go: item ``i`` is the crops ``crops[i]`` (a crop
     index, or a row of ``length`` crop indices: a window) with label ``labels[i]``.
 
-    With ``generator``: a new order every epoch (:func:`block_order`, ``buffer`` crops a block), and with ``seeds``
+    With ``generator``: a new order every epoch (:func:`block_order`, ``buffer`` crops a block, each unit's main class
+    spread evenly over the blocks), and with ``seeds``
     one augmentation seed per item, both drawn from it when the epoch's first batch is taken; else in order.
     A unit is read when a batch first needs it and dropped after the last batch that needs it, so memory holds
     about two blocks of encoded crops. Iterating yields :class:`Batch` es (the items of a DataLoader whose
@@ -285,7 +316,9 @@ class StreamBatches:
         if self.generator is None:
             return np.arange(n), None
         costs = np.bincount(self.units.ravel(), minlength=len(self.source.starts) - 1)
-        order = block_order(self.units[:, 0], costs, self.buffer, self.generator)
+        # A unit is a stretch of consecutive frames, often of one label: spread the classes over the blocks.
+        strata = main_class(self.units[:, 0], self.labels, len(costs))
+        order = block_order(self.units[:, 0], costs, self.buffer, self.generator, strata)
         seeds = torch.randint(0, 2**62, (n,), generator=self.generator).numpy() if self.seeds else None
         return order, seeds
 
