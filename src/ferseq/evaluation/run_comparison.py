@@ -21,17 +21,15 @@ windows settings and faces); otherwise the table says they were not compared.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
 from ferseq.common.errors import FerseqError
 from ferseq.common.outputs import atomic_path
 from ferseq.evaluation import metrics, predictions, summary, uncertainty
-
-log = logging.getLogger(__name__)
 
 #: What identifies a test item of each level across runs (with its person and label, which must agree too).
 KEYS = {"segment": ["fold", "segment_id"], "window": ["fold", "window_id"], "frame": ["fold", "video_id", "frame"]}
